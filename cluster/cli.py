@@ -1,0 +1,116 @@
+"""The ``tandem`` command line.
+
+    tandem generate [--model PATH] [--max-tokens N] [--temperature T] [--seed S] PROMPT
+    tandem model fetch | path
+
+``generate`` streams the generated text to stdout as it is produced; everything else (load
+times, throughput, errors) goes to stderr. Without ``--model`` it uses the embedded default
+model, fetching and converting it on first use. Bad input exits with status 2 and one line
+saying what is wrong.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+
+def _eprint(*args) -> None:
+    print(*args, file=sys.stderr, flush=True)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tandem", description="Tandem: SLO-aware disaggregated LLM serving.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    gen = sub.add_parser("generate", help="stream a completion from a local model")
+    gen.add_argument("prompt", help="the prompt text")
+    gen.add_argument("--model", help="local Hugging Face model folder (default: the embedded SmolLM2-135M-Instruct)")
+    gen.add_argument("--max-tokens", type=int, default=128)
+    gen.add_argument("--temperature", type=float, default=0.0, help="0 is greedy")
+    gen.add_argument("--top-k", type=int, default=0)
+    gen.add_argument("--top-p", type=float, default=1.0)
+    gen.add_argument("--seed", type=int, default=None)
+    gen.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
+    gen.add_argument("--chat", choices=["auto", "on", "off"], default="auto",
+                     help="wrap the prompt in the model's chat template (auto: when it has one)")
+    gen.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    gen.add_argument("--kernels", choices=["auto", "torch", "triton"], default="auto")
+
+    model = sub.add_parser("model", help="manage the embedded default model")
+    model.add_argument("action", choices=["fetch", "path"])
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "generate":
+            return _generate(args)
+        return _model(args)
+    except (ValueError, FileNotFoundError) as exc:  # bad input: one clear line, status 2
+        _eprint(f"tandem: error: {_one_line(exc)}")
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def _one_line(exc: Exception) -> str:
+    from pydantic import ValidationError
+
+    if isinstance(exc, ValidationError):
+        return "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+    return str(exc)
+
+
+def _model(args) -> int:
+    from engine.default_model import default_model_path, ensure_default_model
+
+    if args.action == "fetch":
+        ensure_default_model(log=_eprint)
+    else:
+        print(default_model_path())
+    return 0
+
+
+def _generate(args) -> int:
+    from engine.config import EngineConfig
+    from engine.sampling import SamplingParams
+
+    params = SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature, top_k=args.top_k,
+                            top_p=args.top_p, seed=args.seed, stop=tuple(args.stop))
+    if args.model is None:
+        from engine.default_model import ensure_default_model
+
+        args.model = str(ensure_default_model(log=_eprint))
+    config = EngineConfig(model=args.model, device=args.device, kernels=args.kernels)
+    from engine.engine import LLMEngine
+
+    t0 = time.perf_counter()
+    engine = LLMEngine(config)
+    _eprint(f"[tandem] loaded {engine.spec.architecture} from {args.model} on {engine.device} "
+            f"({engine.dtype}, {engine.ops.name} kernels, {engine.kv_cache.num_blocks} KV blocks) "
+            f"in {time.perf_counter() - t0:.1f} s")
+    prompt = args.prompt
+    template = getattr(engine.tokenizer, "chat_template", None)
+    if args.chat == "on" and not template:
+        raise ValueError("--chat on: this model's tokenizer has no chat template")
+    if args.chat == "on" or (args.chat == "auto" and template):
+        prompt = engine.tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=True,
+                                                      add_generation_prompt=True, return_dict=False)
+    t1, n, first = time.perf_counter(), 0, None
+    for out in engine.stream(prompt, params):
+        if first is None:
+            first = time.perf_counter() - t1
+        n += 1
+        sys.stdout.write(out.new_text)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
+    dt = time.perf_counter() - t1
+    _eprint(f"[tandem] {n} tokens in {dt:.2f} s (first token {first or 0:.3f} s, {n / max(dt, 1e-9):.1f} tokens/s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

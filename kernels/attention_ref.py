@@ -1,0 +1,144 @@
+"""Paged attention in plain torch: the reference the Triton kernels are tested against.
+
+It is also the CPU serving path, so it is batched rather than a per-token loop.
+
+Cache layout (one layer, owned by the engine; these functions only read it)::
+
+    k_cache, v_cache : [num_blocks, block_size, num_kv_heads, head_dim]
+
+Token ``t`` of a sequence lives in block ``block_tables[seq, t // block_size]`` at offset
+``t % block_size``. Query head ``h`` reads kv head ``h // (Hq // Hkv)`` (GQA). Softmax runs in
+float32 whatever the input dtype; outputs have the dtype of ``q``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+# Decode gathers K and V for a batch chunk at a time; this bounds one gathered tensor
+# (chunk * max_len * Hkv * head_dim elements) so B=64 x 2k contexts stays a few hundred MB.
+_DECODE_GATHER_ELEMS = 1 << 25
+
+
+def _check_gqa(num_q_heads: int, num_kv_heads: int) -> int:
+    if num_q_heads % num_kv_heads != 0:
+        raise ValueError(f"num_q_heads={num_q_heads} is not a multiple of num_kv_heads={num_kv_heads}")
+    return num_q_heads // num_kv_heads
+
+
+def _gather_tokens(cache: torch.Tensor, tables: torch.Tensor, length: int) -> torch.Tensor:
+    """cache [NB, BS, Hkv, D], tables int64 [B, nblk] -> [B, length, Hkv, D] (first tokens)."""
+    b, nblk = tables.shape
+    _, bs, hkv, d = cache.shape
+    return cache[tables].reshape(b, nblk * bs, hkv, d)[:, :length]
+
+
+def paged_decode_attention_ref(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    block_tables: torch.Tensor,
+    context_lens: torch.Tensor,
+    scale: float,
+) -> torch.Tensor:
+    """One new query token per sequence against its whole paged context.
+
+    Args:
+        q: ``[B, Hq, D]``.
+        k_cache, v_cache: ``[num_blocks, block_size, Hkv, D]``; the current token's KV is
+            already written.
+        block_tables: int32 ``[B, max_blocks]``; entries past a sequence's
+            ``ceil(context_len / block_size)`` blocks are ignored (any value).
+        context_lens: int32 ``[B]``, tokens in the cache per sequence, each >= 1.
+        scale: softmax scale, usually ``head_dim ** -0.5``.
+
+    Returns:
+        ``[B, Hq, D]`` in ``q.dtype``.
+
+    Rule: gather each sequence's blocks into ``[B, max_len, Hkv, D]``, mask positions
+    ``>= context_len``, and run one SDPA call with q viewed as ``[B, Hkv, group, D]`` so the
+    group of query heads sharing a kv head plays the role of the query-length axis.
+    """
+    b, hq, d = q.shape
+    _, bs, hkv, _ = k_cache.shape
+    group = _check_gqa(hq, hkv)
+    if b == 0:
+        return q.new_empty(q.shape)
+    lens = context_lens.to(device=q.device, dtype=torch.int64)
+    max_len = int(lens.max())
+    nblk = -(-max_len // bs)
+    tables = block_tables[:, :nblk].to(torch.int64)
+    # Entries past a sequence's own blocks may be garbage: point them at block 0 (masked anyway).
+    used = torch.arange(nblk, device=q.device)[None, :] < (-(-lens // bs))[:, None]
+    tables = torch.where(used, tables, torch.zeros_like(tables))
+
+    out = torch.empty_like(q)
+    chunk = max(1, _DECODE_GATHER_ELEMS // (max_len * hkv * d))
+    for lo in range(0, b, chunk):
+        hi = min(b, lo + chunk)
+        k = _gather_tokens(k_cache, tables[lo:hi], max_len).float().permute(0, 2, 1, 3)
+        v = _gather_tokens(v_cache, tables[lo:hi], max_len).float().permute(0, 2, 1, 3)
+        qg = q[lo:hi].float().reshape(hi - lo, hkv, group, d)
+        keep = torch.arange(max_len, device=q.device)[None, :] < lens[lo:hi, None]
+        o = F.scaled_dot_product_attention(qg, k, v, attn_mask=keep[:, None, None, :], scale=scale)
+        out[lo:hi] = o.reshape(hi - lo, hq, d).to(q.dtype)
+    return out
+
+
+def paged_prefill_attention_ref(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    block_tables: torch.Tensor,
+    query_start_loc: torch.Tensor,
+    context_lens: torch.Tensor,
+    scale: float,
+) -> torch.Tensor:
+    """Causal attention for a batch of query chunks sitting on top of their paged caches.
+
+    Args:
+        q: ``[T, Hq, D]``, the concatenation of S chunks.
+        k_cache, v_cache: ``[num_blocks, block_size, Hkv, D]``; each chunk's KV is already
+            written.
+        block_tables: int32 ``[S, max_blocks]``.
+        query_start_loc: int32 ``[S + 1]``, cumulative chunk offsets into ``q``
+            (``query_start_loc[0] == 0``, ``query_start_loc[S] == T``).
+        context_lens: int32 ``[S]``, tokens in the cache for sequence ``s`` INCLUDING its chunk.
+        scale: softmax scale.
+
+    Returns:
+        ``[T, Hq, D]`` in ``q.dtype``.
+
+    Rule: query ``i`` of chunk ``s`` (``q_len = qsl[s+1] - qsl[s]``) sits at absolute
+    position ``p = context_lens[s] - q_len + i`` and attends to keys ``0..p``::
+
+        keys   0 1 2 3 4 5        context_len = 6, q_len = 3 (cached prefix of 3)
+        q0     x x x x . .        p = 3
+        q1     x x x x x .        p = 4
+        q2     x x x x x x        p = 5
+    """
+    t, hq, d = q.shape
+    _, bs, hkv, _ = k_cache.shape
+    group = _check_gqa(hq, hkv)
+    starts = query_start_loc.tolist()
+    ctxs = context_lens.tolist()
+    if len(starts) != len(ctxs) + 1:
+        raise ValueError(f"query_start_loc has {len(starts)} entries for {len(ctxs)} sequences")
+    out = torch.empty_like(q)
+    for s, ctx in enumerate(ctxs):
+        lo, hi = starts[s], starts[s + 1]
+        q_len = hi - lo
+        if q_len == 0:
+            continue
+        if not 0 < q_len <= ctx:
+            raise ValueError(f"sequence {s}: q_len={q_len} must be in [1, context_len={ctx}]")
+        tables = block_tables[s : s + 1, : -(-ctx // bs)].to(torch.int64)
+        k = _gather_tokens(k_cache, tables, ctx)[0].float().transpose(0, 1)  # [Hkv, ctx, D]
+        v = _gather_tokens(v_cache, tables, ctx)[0].float().transpose(0, 1)
+        # [q_len, Hq, D] -> [Hkv, group * q_len, D]; row g * q_len + i is query i of head g.
+        qs = q[lo:hi].float().reshape(q_len, hkv, group, d).permute(1, 2, 0, 3).reshape(hkv, -1, d)
+        keep = torch.ones(q_len, ctx, dtype=torch.bool, device=q.device).tril(ctx - q_len)
+        o = F.scaled_dot_product_attention(qs, k, v, attn_mask=keep.repeat(group, 1), scale=scale)
+        out[lo:hi] = o.view(hkv, group, q_len, d).permute(2, 0, 1, 3).reshape(q_len, hq, d).to(q.dtype)
+    return out
