@@ -110,3 +110,13 @@ def test_streamed_text_equals_full_decode(qwen2_dir):
     assert "".join(o.new_text for o in outs) == engine.tokenizer.decode(list(outs[-1].output_token_ids),
                                                                         skip_special_tokens=True)
     assert outs[-1].finished and not any(o.finished for o in outs[:-1])
+
+
+def test_engine_on_triton_kernels_matches_torch_kernels(llama_dir):
+    """The Triton path (interpreter on CPU, compiled on CUDA) gives the same greedy tokens."""
+    pytest.importorskip("triton")
+    params = SamplingParams(temperature=0, max_tokens=6, ignore_eos=True)
+    prompts = ["Hello world", "The quick brown fox jumps over the lazy dog."]
+    torch_out = make_engine(llama_dir, kernels="torch").generate(prompts, params)
+    triton_out = make_engine(llama_dir, kernels="triton", max_num_batched_tokens=16).generate(prompts, params)
+    assert [o.output_token_ids for o in triton_out] == [o.output_token_ids for o in torch_out]
