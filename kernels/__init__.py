@@ -44,12 +44,15 @@ class KernelBackend:
 
 
 def _torch_backend() -> KernelBackend:
+    from functools import partial
+
     from kernels import attention_ref, kv_ops_ref
 
+    workspace = attention_ref.Workspace()  # scratch reused across layers and steps of one engine
     return KernelBackend(
         name="torch",
-        decode_attention=attention_ref.paged_decode_attention_ref,
-        prefill_attention=attention_ref.paged_prefill_attention_ref,
+        decode_attention=partial(attention_ref.paged_decode_attention_ref, workspace=workspace),
+        prefill_attention=partial(attention_ref.paged_prefill_attention_ref, workspace=workspace),
         write_kv=kv_ops_ref.write_kv_ref,
         gather_blocks=kv_ops_ref.gather_blocks_ref,
         scatter_blocks=kv_ops_ref.scatter_blocks_ref,
