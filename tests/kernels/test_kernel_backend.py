@@ -13,7 +13,7 @@ from kernels.attention_ref import paged_decode_attention_ref
 
 def test_cpu_defaults_to_torch():
     backend = select_backend("cpu")
-    assert backend.name == "torch" and backend.decode_attention is paged_decode_attention_ref
+    assert backend.name == "torch" and backend.decode_attention.func is paged_decode_attention_ref
 
 
 def test_backend_is_frozen():
