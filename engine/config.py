@@ -13,7 +13,7 @@ class EngineConfig(BaseModel):
     model: str = Field(description="path to a local Hugging Face model folder")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
-        "auto", description="auto: bfloat16 on CUDA, float32 on CPU (fastest there)")
+        "auto", description="auto: bfloat16 on CUDA and AMX CPUs, float32 on other CPUs")
     block_size: int = Field(16, ge=1, le=256)
     num_blocks: int | None = Field(None, ge=1, description="KV blocks; default from kv_cache_memory_gb")
     kv_cache_memory_gb: float | None = Field(

@@ -21,7 +21,8 @@ def test_default_model_answers_and_matches_transformers_greedy(default_model):
 
     from engine.engine import LLMEngine
 
-    engine = LLMEngine(EngineConfig(model=str(default_model), device="cpu", kv_cache_memory_gb=0.25))
+    engine = LLMEngine(EngineConfig(model=str(default_model), device="cpu", dtype="float32",
+                                    kv_cache_memory_gb=0.25))
     prompt = engine.tokenizer.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}],
                                                   tokenize=True, add_generation_prompt=True, return_dict=False)
     out = engine.generate([prompt], SamplingParams(temperature=0, max_tokens=16))[0]
