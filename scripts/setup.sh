@@ -31,7 +31,7 @@ else
   EXTRAS=$("$VENV/bin/python" -c "import torch; print('dev,gpu' if torch.cuda.is_available() else 'dev')")
 fi
 
-if [ "${TANDEM_SETUP_STAMP:-}" != skip ] && [ ! -f "$VENV/.tandem-installed" ] || [ pyproject.toml -nt "$VENV/.tandem-installed" ]; then
+if [ ! -f "$VENV/.tandem-installed" ] || [ pyproject.toml -nt "$VENV/.tandem-installed" ]; then
   echo "[setup] installing tandem-serve[$EXTRAS]" >&2
   $PIP install -e ".[$EXTRAS]"
   touch "$VENV/.tandem-installed"
