@@ -37,6 +37,8 @@ def _parser() -> argparse.ArgumentParser:
                      help="wrap the prompt in the model's chat template (auto: when it has one)")
     gen.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     gen.add_argument("--kernels", choices=["auto", "torch", "triton"], default="auto")
+    gen.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto",
+                     help="auto: bfloat16 on CUDA and AMX CPUs, float32 elsewhere")
 
     model = sub.add_parser("model", help="manage the embedded default model")
     model.add_argument("action", choices=["fetch", "path"])
@@ -84,7 +86,7 @@ def _generate(args) -> int:
         from engine.default_model import ensure_default_model
 
         args.model = str(ensure_default_model(log=_eprint))
-    config = EngineConfig(model=args.model, device=args.device, kernels=args.kernels)
+    config = EngineConfig(model=args.model, device=args.device, kernels=args.kernels, dtype=args.dtype)
     from engine.engine import LLMEngine
 
     t0 = time.perf_counter()

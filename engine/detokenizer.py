@@ -41,3 +41,14 @@ class IncrementalDetokenizer:
             self.text += delta
             return delta
         return ""
+
+    def flush(self) -> str:
+        """At the end of generation: release text held back for an incomplete character."""
+        decode = self.tokenizer.decode
+        prefix = decode(self._ids[self._prefix_offset:self._read_offset],
+                        skip_special_tokens=self.skip_special_tokens)
+        full = decode(self._ids[self._prefix_offset:], skip_special_tokens=self.skip_special_tokens)
+        delta = full[len(prefix):]
+        self._prefix_offset = self._read_offset = len(self._ids)
+        self.text += delta
+        return delta

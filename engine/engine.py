@@ -166,7 +166,7 @@ class LLMEngine:
 
     def _check_stop(self, seq: Sequence, token: int) -> None:
         """Finish the sequence on EOS, a stop token, a stop string (text cut there) or its length limit."""
-        p, reason = seq.params, None
+        p, reason, cut_at_stop_string = seq.params, None, False
         if (token in self._eos and not p.ignore_eos) or token in p.stop_token_ids:
             reason = FinishReason.STOP
         elif p.stop and seq.detokenizer is not None:
@@ -177,11 +177,13 @@ class LLMEngine:
             if hits:
                 i, s = hits[0]
                 seq.detokenizer.text = text[: i + len(s) if p.include_stop_str_in_output else i]
-                reason = FinishReason.STOP
+                reason, cut_at_stop_string = FinishReason.STOP, True
         if reason is None and (len(seq.output_ids) >= p.max_tokens or seq.num_tokens >= self.max_model_len):
             reason = FinishReason.LENGTH
         if reason is not None:
             seq.status, seq.finish_reason = SeqStatus.FINISHED, reason
+            if seq.detokenizer is not None and not cut_at_stop_string:
+                seq.detokenizer.flush()
 
     @staticmethod
     def _release_text(seq: Sequence) -> str:

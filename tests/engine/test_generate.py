@@ -41,12 +41,25 @@ def test_greedy_outputs_are_token_identical_to_transformers_generate(model, requ
     engine.block_manager.check_invariants()
 
 
+@pytest.mark.parametrize("prompt", PROMPTS)
+def test_tandem_generate_greedy_equals_transformers_generate(prompt, llama_dir, capsys):
+    from cluster.cli import main
+
+    engine, ref = make_engine(llama_dir), reference_model(llama_dir)
+    want_ids = _hf_greedy(ref, engine.tokenizer, prompt, 16)
+    assert main(["generate", "--model", str(llama_dir), "--max-tokens", "16", "--temperature", "0",
+                 "--device", "cpu", "--kernels", "torch", "--dtype", "float32", prompt]) == 0
+    out = capsys.readouterr().out
+    assert out == engine.tokenizer.decode(want_ids, skip_special_tokens=True) + "\n"
+
+
 def test_cli_generate_streams_the_greedy_text(llama_dir):
     engine, ref = make_engine(llama_dir), reference_model(llama_dir)
     want = engine.tokenizer.decode(_hf_greedy(ref, engine.tokenizer, "The quick brown fox", 12),
                                    skip_special_tokens=True)
     proc = subprocess.run([sys.executable, "-m", "cluster.cli", "generate", "--model", str(llama_dir),
-                           "--max-tokens", "12", "--temperature", "0", "--device", "cpu", "The quick brown fox"],
+                           "--max-tokens", "12", "--temperature", "0", "--device", "cpu", "--dtype", "float32",
+                           "The quick brown fox"],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == want + "\n"
