@@ -1,6 +1,7 @@
 """The ``tandem`` command line.
 
     tandem generate [--model PATH] [--max-tokens N] [--temperature T] [--seed S] PROMPT
+    tandem calibrate [--model PATH] [--steps N] [--json OUT]
     tandem model fetch | path
 
 ``generate`` streams the generated text to stdout as it is produced; everything else (load
@@ -40,6 +41,14 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto",
                      help="auto: bfloat16 on CUDA and AMX CPUs, float32 elsewhere")
 
+    cal = sub.add_parser("calibrate", help="time real batches on the engine and fit the scheduler's performance model")
+    cal.add_argument("--model", help="local Hugging Face model folder (default: the embedded model)")
+    cal.add_argument("--steps", type=int, default=160)
+    cal.add_argument("--seed", type=int, default=0)
+    cal.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    cal.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto")
+    cal.add_argument("--json", help="write the fitted model and its report to this file")
+
     model = sub.add_parser("model", help="manage the embedded default model")
     model.add_argument("action", choices=["fetch", "path"])
     return parser
@@ -50,6 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "generate":
             return _generate(args)
+        if args.command == "calibrate":
+            return _calibrate(args)
         return _model(args)
     except (ValueError, FileNotFoundError) as exc:  # bad input: one clear line, status 2
         _eprint(f"tandem: error: {_one_line(exc)}")
@@ -76,16 +87,40 @@ def _model(args) -> int:
     return 0
 
 
+def _default_model_if_missing(args) -> None:
+    if args.model is None:
+        from engine.default_model import ensure_default_model
+
+        args.model = str(ensure_default_model(log=_eprint))
+
+
+def _calibrate(args) -> int:
+    import json
+
+    from engine.calibrate import calibrate
+    from engine.config import EngineConfig
+    from engine.engine import LLMEngine
+
+    _default_model_if_missing(args)
+    engine = LLMEngine(EngineConfig(model=args.model, device=args.device, dtype=args.dtype))
+    result = calibrate(engine, steps=args.steps, seed=args.seed)
+    line = {"model": args.model, "device": str(engine.device), "dtype": str(engine.dtype).removeprefix("torch."),
+            "steps": result.steps, **result.report.as_dict()}
+    print(json.dumps(line))
+    if args.json:
+        with open(args.json, "w") as f:
+            pieces = [{"intercept": p.intercept, "coef": list(p.coef)} for p in result.model.pieces]
+            json.dump({**line, "perf_model": {"pieces": pieces, "margin": result.model.margin}}, f, indent=2)
+    return 0
+
+
 def _generate(args) -> int:
     from engine.config import EngineConfig
     from engine.sampling import SamplingParams
 
     params = SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature, top_k=args.top_k,
                             top_p=args.top_p, seed=args.seed, stop=tuple(args.stop))
-    if args.model is None:
-        from engine.default_model import ensure_default_model
-
-        args.model = str(ensure_default_model(log=_eprint))
+    _default_model_if_missing(args)
     config = EngineConfig(model=args.model, device=args.device, kernels=args.kernels, dtype=args.dtype)
     from engine.engine import LLMEngine
 

@@ -29,6 +29,7 @@ from engine.sampling import SamplerState, SamplingParams
 from engine.scheduler import Scheduler, SchedulerOutput
 from engine.sequence import FinishReason, Sequence, SeqStatus
 from kernels import select_backend
+from router.perf_model import BatchShape, attention_pairs
 
 
 class RequestError(ValueError):
@@ -46,6 +47,14 @@ class RequestOutput:
     text: str
     num_prompt_tokens: int
     num_cached_tokens: int
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    """What one step ran and how long it took: the data the performance model is fitted on."""
+
+    shape: BatchShape
+    seconds: float
 
 
 @dataclass(frozen=True)
@@ -80,6 +89,7 @@ class LLMEngine:
         self.runner = ModelRunner(self.model, self.kv_cache, self.ops, self.device)
         self._seqs: dict[str, Sequence] = {}
         self._ids = itertools.count()
+        self.last_step: StepRecord | None = None
         eos = set(self.spec.eos_token_ids)
         if self.tokenizer.eos_token_id is not None:
             eos.add(self.tokenizer.eos_token_id)
@@ -141,7 +151,12 @@ class LLMEngine:
             return []
         tables = {c.seq.request_id: self.block_manager.block_table(c.seq.request_id)
                   for c in (*plan.decodes, *plan.prefills)}
+        shape = _batch_shape(plan)
+        start = time.perf_counter()
         sampled = self.runner.execute(plan, tables)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.last_step = StepRecord(shape, time.perf_counter() - start)
         self.scheduler.postprocess(plan, sampled)
         return self._outputs(plan, sampled)
 
@@ -286,6 +301,16 @@ class LLMEngine:
         if blocks < 1:
             raise RuntimeError("no memory left for the KV cache")
         return blocks
+
+
+def _batch_shape(plan: SchedulerOutput) -> BatchShape:
+    """The performance model's features of a planned step (before it advances the sequences)."""
+    return BatchShape(
+        prefill_tokens=sum(c.num_tokens for c in plan.prefills),
+        decode_tokens=len(plan.decodes),
+        decode_context=sum(c.seq.num_computed_tokens + 1 for c in plan.decodes),
+        prefill_pairs=sum(attention_pairs(c.num_tokens, c.seq.num_computed_tokens) for c in plan.prefills),
+        num_seqs=len(plan.decodes) + len(plan.prefills))
 
 
 def _pick_device(name: str) -> torch.device:
