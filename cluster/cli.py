@@ -2,6 +2,7 @@
 
     tandem generate [--model PATH] [--max-tokens N] [--temperature T] [--seed S] PROMPT
     tandem calibrate [--model PATH] [--steps N] [--json OUT]
+    tandem sim --trace FILE --scenario NAME --policy P --prefill N --decode M ... --json OUT
     tandem model fetch | path
 
 ``generate`` streams the generated text to stdout as it is produced; everything else (load
@@ -49,6 +50,10 @@ def _parser() -> argparse.ArgumentParser:
     cal.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto")
     cal.add_argument("--json", help="write the fitted model and its report to this file")
 
+    from sim import cli as sim_cli
+
+    sim_cli.add_parser(sub)
+
     model = sub.add_parser("model", help="manage the embedded default model")
     model.add_argument("action", choices=["fetch", "path"])
     return parser
@@ -61,6 +66,10 @@ def main(argv: list[str] | None = None) -> int:
             return _generate(args)
         if args.command == "calibrate":
             return _calibrate(args)
+        if args.command == "sim":
+            from sim import cli as sim_cli
+
+            return sim_cli.run(args)
         return _model(args)
     except (ValueError, FileNotFoundError) as exc:  # bad input: one clear line, status 2
         _eprint(f"tandem: error: {_one_line(exc)}")
