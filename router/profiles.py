@@ -102,9 +102,16 @@ class _Tables:
 
 
 def load_points(hardware: str = "h100", root: Path | str | None = None) -> ProfilePoints:
-    """Composed Llama-3-8B batch times on `hardware` ("h100" or "a100"); see the module docstring."""
+    """Composed Llama-3-8B batch times on `hardware` ("h100" or "a100"); see the module docstring.
+
+    With no `root`: composed from `../shared/profiles` when it is there, else read from the
+    points shipped in `router/data/` (the same composition, written by `write_shipped_points`),
+    so the planner works on machines without the shared profiles.
+    """
     if hardware not in ("h100", "a100"):
         raise ValueError(f"hardware must be 'h100' or 'a100', got {hardware!r}")
+    if root is None and not DEFAULT_DIR.exists():
+        return _read_shipped(hardware)
     t = _Tables(Path(root) if root is not None else DEFAULT_DIR, hardware)
     xs: list[list[float]] = []
     ys: list[float] = []
@@ -129,6 +136,32 @@ def load_points(hardware: str = "h100", root: Path | str | None = None) -> Profi
                 add("mixed", isl, b, b * (step + 1), attention_pairs(isl, 0), b + 1,
                     t.dense_ms(isl + b, b + 1) + LAYERS * (plat + dlat))
     return ProfilePoints(np.array(xs, float), np.array(ys), tuple(kinds), hardware)
+
+
+SHIPPED_DIR = Path(__file__).resolve().parent / "data"
+_COLUMNS = ("prefill_tokens", "decode_tokens", "decode_context", "prefill_pairs", "num_seqs", "seconds", "kind")
+
+
+def _shipped_path(hardware: str) -> Path:
+    return SHIPPED_DIR / f"llama3_8b_{hardware}_batch_times.csv"
+
+
+def _read_shipped(hardware: str) -> ProfilePoints:
+    rows = _rows(_shipped_path(hardware))
+    x = np.array([[float(r[c]) for c in _COLUMNS[:5]] for r in rows])
+    return ProfilePoints(x, np.array([float(r["seconds"]) for r in rows]), tuple(r["kind"] for r in rows), hardware)
+
+
+def write_shipped_points(root: Path | str = DEFAULT_DIR) -> None:
+    """Regenerate `router/data/llama3_8b_{h100,a100}_batch_times.csv` from the shared profiles."""
+    SHIPPED_DIR.mkdir(exist_ok=True)
+    for hw in ("h100", "a100"):
+        pts = load_points(hw, root)
+        with _shipped_path(hw).open("w", newline="") as f:
+            out = csv.writer(f)
+            out.writerow(_COLUMNS)
+            for xs, y, kind in zip(pts.x, pts.y, pts.kind):
+                out.writerow([int(v) for v in xs] + [repr(float(y)), kind])
 
 
 def main() -> None:
