@@ -4,8 +4,9 @@ attainment, per GPU) and the geometric mean of SLO / best baseline.
 
     .venv/bin/python bench/sim_capacity.py [--gpus 2] [--duration 45] [--jobs 2] [--json out.json]
 
-Layouts: slo, fcfs, sarathi, priority, edf on G colocated GPUs; distserve on every P:D split of
-G (its best split is reported). Scenario → trace: coding and summarization use the Azure code
+Layouts: fcfs, sarathi, priority, edf on G colocated GPUs; distserve on every P:D split of G;
+slo on G colocated GPUs and on every P:D split (it plans both). For the policies with several
+layouts the best one is reported, with its layout. Scenario → trace: coding and summarization use the Azure code
 trace, the others the Azure conv trace (first `--duration` seconds of arrivals, time-rescaled to
 each probed rate).
 """
@@ -50,6 +51,8 @@ def main() -> None:
     ap.add_argument("--start-rate", type=float, default=8.0)
     ap.add_argument("--scenarios", default=",".join(TRACE_OF))
     ap.add_argument("--json", default=None)
+    ap.add_argument("--slo-colocated-only", action="store_true",
+                    help="measure the slo policy on colocated GPUs only (the earlier table)")
     ap.add_argument("--plot", default=None, help="directory for attainment-vs-rate PNGs (matplotlib)")
     a = ap.parse_args()
     g = a.gpus
@@ -59,6 +62,8 @@ def main() -> None:
             jobs.append((sc, pol, (0, 0, g), a.duration, a.start_rate))
         for p in range(1, g):
             jobs.append((sc, "distserve", (p, g - p, 0), a.duration, a.start_rate))
+            if not a.slo_colocated_only:
+                jobs.append((sc, "slo", (p, g - p, 0), a.duration, a.start_rate))
     t0 = time.perf_counter()
     with ProcessPoolExecutor(a.jobs) as ex:
         results = list(ex.map(job, jobs))
@@ -77,8 +82,9 @@ def main() -> None:
         ratios.append(ratio)
         never_below &= all(slo >= v for v in base.values())
         ds = best[(sc, "distserve")]["layout"]
-        cells = [f"{slo:.2f}"] + [f"{base[p]:.2f}" + (f" ({ds[0]}P+{ds[1]}D)" if p == "distserve" else "")
-                                  for p in BASELINES]
+        sl = best[(sc, "slo")]["layout"]
+        cells = [f"{slo:.2f}" + (f" ({sl[0]}P+{sl[1]}D)" if sl[0] else f" ({sl[2]}C)")]
+        cells += [f"{base[p]:.2f}" + (f" ({ds[0]}P+{ds[1]}D)" if p == "distserve" else "") for p in BASELINES]
         rows.append([sc] + cells + [top, f"{ratio:.2f}x"])
     from sim.report import markdown_table
     print(f"H100, Llama-3-8B, {g} GPUs, capacity in req/s at >= 90% SLO attainment "

@@ -15,6 +15,9 @@ whole output when it starts, like the SLO scheduler, so memory is accounted the 
 
 from __future__ import annotations
 
+import heapq
+from typing import Callable
+
 from router.plan import (BatchMode, Decision, DecisionKind, Directive, Plan, Snapshot, WorkerRole,
                          WorkerState)
 from router.request import Admission, Lane, Phase, RequestState
@@ -46,10 +49,18 @@ class _Baseline(Scheduler):
                 out[r.prefill_worker] += r.reserved_tokens
         return out
 
-    def _place(self, snap: Snapshot, r: RequestState, load: dict[str, int]) -> tuple[str, str]:
-        w = min((w for w in snap.workers if w.healthy), key=lambda w: load[w.id] / w.kv_capacity_tokens)
-        load[w.id] += r.reserved_tokens
-        return w.id, w.id
+    def _placer(self, snap: Snapshot, load: dict[str, int]) -> Callable[[RequestState], tuple[str, str]]:
+        """Placement for this step's requests, in order: the worker with the least reserved memory
+        (fraction of its KV), ties to the earlier worker; a heap keeps it O(log workers) each."""
+        heap = [(load[w.id] / w.kv_capacity_tokens, i, w) for i, w in enumerate(snap.workers) if w.healthy]
+        heapq.heapify(heap)
+
+        def place(r: RequestState) -> tuple[str, str]:
+            _, i, w = heapq.heappop(heap)
+            load[w.id] += r.reserved_tokens
+            heapq.heappush(heap, (load[w.id] / w.kv_capacity_tokens, i, w))
+            return w.id, w.id
+        return place
 
     def _directive(self, w: WorkerState, order: tuple[str, ...]) -> Directive:
         return Directive(w.id, self.mode, self.max_batch_time_s, self.token_budget, order)
@@ -57,12 +68,14 @@ class _Baseline(Scheduler):
     def schedule(self, snapshot: Snapshot) -> Plan:
         snap = snapshot
         load = self._reserved(snap)
+        place = None
         decisions = []
         for r in sorted((r for r in snap.requests if r.admission is Admission.PENDING), key=self._key):
             if r.request.prompt_tokens > self.max_prompt_tokens:
                 decisions.append(Decision(r.id, DecisionKind.REJECT, r.request.lane, reason="prompt_too_long"))
                 continue
-            pw, dw = self._place(snap, r, load)
+            place = place or self._placer(snap, load)
+            pw, dw = place(r)
             decisions.append(Decision(r.id, DecisionKind.ADMIT, r.request.lane, pw, dw))
         queued = sorted((r for r in snap.requests if r.phase is Phase.WAITING
                          and r.admission in (Admission.PENDING, Admission.ADMITTED)), key=self._key)
@@ -100,7 +113,9 @@ class EdfScheduler(_Baseline):
 class DistServeScheduler(_Baseline):
     """DistServe-style FCFS disaggregation: shortest prefill queue, least-loaded decode worker."""
 
-    def _place(self, snap: Snapshot, r: RequestState, load: dict[str, int]) -> tuple[str, str]:
+    def _placer(self, snap: Snapshot, load: dict[str, int]) -> Callable[[RequestState], tuple[str, str]]:
+        """Shortest prefill queue (tokens), least-loaded decode worker (sequences), counting this
+        step's placements; ties to the smaller worker id."""
         pre = [w for w in snap.workers if w.role is WorkerRole.PREFILL and w.healthy]
         dec = [w for w in snap.workers if w.role is WorkerRole.DECODE and w.healthy]
         if not pre or not dec:
@@ -113,16 +128,20 @@ class DistServeScheduler(_Baseline):
                     queue[x.prefill_worker] += x.remaining_prefill
                 if x.decode_worker in seqs:
                     seqs[x.decode_worker] += 1
-        for k, v in load.items():   # placements made earlier in this step
-            if k in queue:
-                queue[k] += v
-            elif k in seqs:
-                seqs[k] += v
-        p = min(pre, key=lambda w: (queue[w.id], w.id))
-        d = min(dec, key=lambda w: (seqs[w.id], w.id))
-        load[p.id] += r.remaining_prefill
-        load[d.id] += 1
-        return p.id, d.id
+        qh = [(queue[w.id] + load.get(w.id, 0), w.id) for w in pre]
+        sh = [(seqs[w.id] + load.get(w.id, 0), w.id) for w in dec]
+        heapq.heapify(qh)
+        heapq.heapify(sh)
+
+        def place(r: RequestState) -> tuple[str, str]:
+            q, p = heapq.heappop(qh)
+            n, d = heapq.heappop(sh)
+            load[p] += r.remaining_prefill
+            load[d] += 1
+            heapq.heappush(qh, (q + r.remaining_prefill, p))
+            heapq.heappush(sh, (n + 1, d))
+            return p, d
+        return place
 
     def _reserved(self, snap: Snapshot) -> dict[str, int]:
         return {w.id: 0 for w in snap.workers}

@@ -106,7 +106,8 @@ class SchedulerConfig(_Strict):
     greedy_rounds: int = Field(64, ge=1)
     horizon_s: float = Field(30.0, gt=0)     # DP window: deadlines within now + horizon_s
     idle_batch_time_s: float = Field(0.2, gt=0)
-    prefill_batch_time_s: float = Field(0.25, gt=0)
+    prefill_batch_time_s: float = Field(0.25, gt=0)   # longest prefill-only batch (disagg.prefill_taus)
+    min_prefill_batch_time_s: float = Field(0.025, gt=0)
     safety_margin: float | None = Field(None, ge=0, lt=1)
     fairness: bool = True
     urgency_order: bool = False   # least-slack prefill order instead of EDF (weakens the guarantee)
@@ -118,6 +119,9 @@ class SchedulerConfig(_Strict):
             raise ValueError(f"lanes is missing {missing}; every lane needs a LaneConfig")
         if self.prefill_batch_time_s > self.horizon_s or self.idle_batch_time_s > self.horizon_s:
             raise ValueError(f"batch times must not exceed horizon_s ({self.horizon_s})")
+        if self.min_prefill_batch_time_s > self.prefill_batch_time_s:
+            raise ValueError(f"min_prefill_batch_time_s ({self.min_prefill_batch_time_s}) must not exceed "
+                             f"prefill_batch_time_s ({self.prefill_batch_time_s})")
         return self
 
     def tenant(self, name: str) -> TenantLimit:

@@ -4,7 +4,7 @@
        │ 1. decode screen: some decode worker keeps every TPOT and has the KV memory
        ▼      (tentative, in deadline order)
        │ 2. prefill DP per prefill worker (dp.plan_worker with no decode rows): TTFT deadlines
-       ▼      moved earlier by the KV transfer time, batches of prefill_batch_time_s
+       ▼      moved earlier by the KV transfer time, batch time chosen from a ladder (below)
        │ 3. pair choice: each prefill-admitted request takes the decode worker with the most
        ▼      step-time slack that still fits it ("least loaded" in time, not in count)
     (prefill worker, decode worker) per admitted request
@@ -13,18 +13,28 @@ A decode worker is feasible for a set S when planned_time(|S| decode tokens at t
 contexts) <= the tightest TPOT in S and S's KV reservations fit under the lane's limit. Step 3
 assigns a subset of step 1's requests, so it never fails for a request that passed step 1 on the
 same worker order; when it does (a different worker was chosen), the request goes best effort.
+
+The prefill batch time. A prefill worker keeps no TPOT, so its batch time τ only trades the
+per-batch overhead (a longer batch amortises it) against how many whole batches fit before a
+deadline (the DP counts N = ⌊(deadline − start)/τ⌋ slots). A fixed τ longer than the TTFT
+budget gives N = 0 and nobody can be admitted, so the DP is offered the ladder
+prefill_batch_time_s · 2^-k down to min_prefill_batch_time_s and keeps the τ that holds the
+admitted on track and admits the most value (dp.plan_worker); the directive carries that τ.
 """
 
 from __future__ import annotations
 
+import heapq
 import math
 from dataclasses import dataclass, replace
 from typing import Callable
 
+import numpy as np
+
 from router.config import SchedulerConfig
 from router.dp import plan_worker
 from router.items import row_for, to_items
-from router.perf_model import BatchShape, PerfModel
+from router.perf_model import PerfModel
 from router.plan import BatchMode, Directive, Snapshot, WorkerRole, WorkerState
 from router.policies.lanes import memory_limit
 from router.request import Admission, Lane, Phase, RequestState
@@ -38,50 +48,70 @@ class PoolResult:
     at_risk: list[str]
 
 
-@dataclass
-class _DecodeLoad:
-    """One decode worker's admitted load: sequences, their largest contexts, tightest TPOT, memory."""
+class DecodePool:
+    """The decode workers' admitted loads as columns, one entry per worker in worker order:
+    sequences, the sum of their largest contexts, the tightest TPOT, reserved KV memory.
 
-    worker: WorkerState
-    seqs: int
-    context: float
-    tpot: float
-    mem: float
+    `pick` is the pair-choice rule: among the workers where r fits (its reservation under the
+    lane's memory limit, and planned_time(seqs + 1 decode tokens at context + r's largest
+    context) <= min(tightest TPOT, r's TPOT)), the one with the most TPOT slack after adding r;
+    ties go to the earlier worker. Evaluated for all workers at once (PerfModel.times_of equals
+    the scalar model bit for bit, so the choice is the one a per-worker loop would make).
+    """
 
-    def step_s(self, model: PerfModel, seqs: int, context: float) -> float:
-        return model.planned_time(BatchShape(decode_tokens=seqs, decode_context=int(context), num_seqs=seqs))
+    def __init__(self, decode: list[WorkerState], model: PerfModel, reserve: float) -> None:
+        self.ids = [w.id for w in decode]
+        self.index = {wid: i for i, wid in enumerate(self.ids)}
+        self.model = model
+        n = len(decode)
+        self.seqs = np.zeros(n)
+        self.context = np.zeros(n)
+        self.tpot = np.full(n, math.inf)
+        self.mem = np.zeros(n)
+        self.limit = {lane: np.array([memory_limit(lane, w.kv_capacity_tokens, reserve) for w in decode],
+                                     dtype=float) for lane in Lane}
 
-    def slack_with(self, r: RequestState, lane: Lane, model: PerfModel, reserve: float) -> float | None:
-        """TPOT slack (s) after adding r, or None when r does not fit (time or memory)."""
-        tpot = min(self.tpot, r.tightest_remaining_tpot_s)
-        if self.mem + r.reserved_tokens > memory_limit(lane, self.worker.kv_capacity_tokens, reserve):
+    @staticmethod
+    def of(snap: Snapshot, decode: list[WorkerState], model: PerfModel, reserve: float) -> "DecodePool":
+        pool = DecodePool(decode, model, reserve)
+        for r in snap.requests:
+            if r.admission is Admission.ADMITTED and r.phase is not Phase.DONE and r.decode_worker in pool.index:
+                pool.add(pool.index[r.decode_worker], r)
+        return pool
+
+    def copy(self) -> "DecodePool":
+        out = object.__new__(DecodePool)
+        out.__dict__.update(self.__dict__)
+        out.seqs, out.context, out.tpot, out.mem = (self.seqs.copy(), self.context.copy(), self.tpot.copy(),
+                                                    self.mem.copy())
+        return out
+
+    def add(self, i: int, r: RequestState) -> None:
+        res = r.reserved_tokens
+        self.seqs[i] += 1
+        self.context[i] += res
+        self.tpot[i] = min(self.tpot[i], r.tightest_remaining_tpot_s)
+        self.mem[i] += res
+
+    def pick(self, r: RequestState, lane: Lane) -> int | None:
+        """Index of the worker r goes to (class docstring), or None when no worker fits it."""
+        res = r.reserved_tokens
+        n1 = self.seqs + 1
+        m = self.model
+        planned = m.times_of(0.0, n1, self.context + res, 0.0, n1) * (1.0 + m.margin)
+        slack = np.minimum(self.tpot, r.tightest_remaining_tpot_s) - planned
+        fits = (self.mem + res <= self.limit[lane]) & (slack >= 0)
+        if not fits.any():
             return None
-        slack = tpot - self.step_s(model, self.seqs + 1, self.context + r.reserved_tokens)
-        return slack if slack >= 0 else None
-
-    def add(self, r: RequestState) -> None:
-        self.seqs += 1
-        self.context += r.reserved_tokens
-        self.tpot = min(self.tpot, r.tightest_remaining_tpot_s)
-        self.mem += r.reserved_tokens
+        return int(np.argmax(np.where(fits, slack, -np.inf)))
 
 
-def _decode_loads(snap: Snapshot, decode: list[WorkerState]) -> dict[str, _DecodeLoad]:
-    loads = {w.id: _DecodeLoad(w, 0, 0.0, math.inf, 0.0) for w in decode}
-    for r in snap.requests:
-        if r.admission is Admission.ADMITTED and r.phase is not Phase.DONE and r.decode_worker in loads:
-            loads[r.decode_worker].add(r)
-    return loads
-
-
-def _pick(loads: dict[str, _DecodeLoad], r: RequestState, lane: Lane, model: PerfModel,
-          reserve: float) -> str | None:
-    best, best_slack = None, -1.0
-    for wid, load in loads.items():
-        s = load.slack_with(r, lane, model, reserve)
-        if s is not None and s > best_slack:
-            best, best_slack = wid, s
-    return best
+def prefill_taus(cfg: SchedulerConfig) -> list[float]:
+    """Candidate prefill batch times, longest first: prefill_batch_time_s halved down to the floor."""
+    out = [cfg.prefill_batch_time_s]
+    while out[-1] / 2 >= cfg.min_prefill_batch_time_s - 1e-12:
+        out.append(out[-1] / 2)
+    return out
 
 
 def plan_pools(snap: Snapshot, workers: list[WorkerState], gated: list[tuple[RequestState, Lane]],
@@ -93,12 +123,13 @@ def plan_pools(snap: Snapshot, workers: list[WorkerState], gated: list[tuple[Req
     if not prefill or not decode or len(prefill) + len(decode) != len(workers):
         raise ValueError("a disaggregated snapshot needs prefill and decode workers and no colocated ones")
     reserve = cfg.interactive_kv_reserve
-    screen = _decode_loads(snap, decode)
+    loads = DecodePool.of(snap, decode, model, reserve)
+    screen = loads.copy()
     ok: list[tuple[RequestState, Lane]] = []
     for r, lane in sorted(gated, key=lambda x: x[0].ttft_deadline_s):
-        wid = _pick(screen, r, lane, model, reserve)
-        if wid is not None:
-            screen[wid].add(r)
+        i = screen.pick(r, lane)
+        if i is not None:
+            screen.add(i, r)
             # the prefill deadline leaves room for the KV transfer
             moved = replace(r, stage_arrival_s=r.arrived_s - transfer_s(r.current.input_tokens))
             ok.append((moved, lane))
@@ -110,16 +141,19 @@ def plan_pools(snap: Snapshot, workers: list[WorkerState], gated: list[tuple[Req
             forced[r.prefill_worker].append(r)
             load[r.prefill_worker] += r.remaining_prefill
     routed: dict[str, list[tuple[RequestState, Lane]]] = {w.id: [] for w in prefill}
+    heap = [(v, i, wid) for i, (wid, v) in enumerate(load.items())]   # least load, then worker order
+    heapq.heapify(heap)
     for r, lane in ok:
-        wid = min(load, key=load.get)
+        v, i, wid = heapq.heappop(heap)
         routed[wid].append((r, lane))
-        load[wid] += r.remaining_prefill
+        heapq.heappush(heap, (v + r.remaining_prefill, i, wid))
     admitted_p: dict[str, str] = {}
     deferred: set[str] = set()
     at_risk: list[str] = []
     directives: list[Directive] = []
-    tau_p = cfg.prefill_batch_time_s
+    ladder = prefill_taus(cfg)
     for w in prefill:
+        tau_p = taus.get(w.id, ladder[0])
         f = [r for r in forced[w.id] if r.phase in (Phase.WAITING, Phase.TOOL_WAIT)]
         rows = [row_for(r, True, False, True, 0, math.inf, 0.0) for r in f]
         rows += [row_for(r, False, False, True, r.reserved_tokens,
@@ -127,22 +161,24 @@ def plan_pools(snap: Snapshot, workers: list[WorkerState], gated: list[tuple[Req
                  for r, lane in routed[w.id]]
         if rows:
             used = sum(r.reserved_tokens for r in f)
-            res = plan_worker(to_items(rows), model, max(snap.now_s, w.busy_until_s), used, [tau_p],
+            res = plan_worker(to_items(rows), model, max(snap.now_s, w.busy_until_s), used, ladder,
                               cfg.dp_window, cfg.dp_labels, cfg.greedy_rounds, cfg.horizon_s)
+            tau_p = res.tau_s
             admitted_p.update({rid: w.id for rid in res.admitted})
             deferred |= set(res.deferred)
             at_risk += list(res.at_risk)
+        taus[w.id] = tau_p
         directives.append(Directive(w.id, BatchMode.PREFILL_ONLY, tau_p, 0, urgency=cfg.urgency_order))
-    loads = _decode_loads(snap, decode)
     admitted: dict[str, tuple[str, str]] = {}
     for r, lane in ok:
         if r.id in admitted_p:
-            wid = _pick(loads, r, lane, model, reserve)
-            if wid is not None:
-                loads[wid].add(r)
-                admitted[r.id] = (admitted_p[r.id], wid)
-    for w in decode:
-        tau = loads[w.id].tpot if math.isfinite(loads[w.id].tpot) else cfg.idle_batch_time_s
+            i = loads.pick(r, lane)
+            if i is not None:
+                loads.add(i, r)
+                admitted[r.id] = (admitted_p[r.id], loads.ids[i])
+    for i, w in enumerate(decode):
+        t = float(loads.tpot[i])
+        tau = t if math.isfinite(t) else cfg.idle_batch_time_s
         taus[w.id] = tau
         directives.append(Directive(w.id, BatchMode.DECODE_ONLY, tau, 0))
     return PoolResult(admitted, deferred, directives, at_risk)

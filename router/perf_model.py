@@ -11,6 +11,11 @@ model is monotone in every feature: the property the scheduler's conservative ar
 
 The scheduler plans with `planned = time × (1 + margin)` (the safety margin) and with the
 linear *token-equivalent* view of `budget(...)`, which never exceeds the true model.
+
+Evaluation order. `time` (plain Python floats, the scheduler's per-call fast path) and `times`
+(numpy, over rows) both evaluate every piece as ((((b + c_P·P) + c_D·D) + c_C·C) + c_Q·Q) + c_S·S,
+one IEEE operation at a time, so the two agree bit for bit and a vectorised caller decides
+exactly what a scalar one would.
 """
 
 from __future__ import annotations
@@ -101,6 +106,8 @@ class PerfModel:
     margin: float = 0.0
     _b: np.ndarray = field(init=False, repr=False, compare=False)
     _c: np.ndarray = field(init=False, repr=False, compare=False)
+    _rows: tuple = field(init=False, repr=False, compare=False)
+    _budgets: dict = field(init=False, repr=False, compare=False)   # budget(limit_s) memo
 
     def __post_init__(self) -> None:
         if not self.pieces:
@@ -109,22 +116,38 @@ class PerfModel:
             raise ValueError(f"margin must be in [0, 1), got {self.margin}")
         object.__setattr__(self, "_b", np.array([p.intercept for p in self.pieces]))
         object.__setattr__(self, "_c", np.array([p.coef for p in self.pieces]))
+        object.__setattr__(self, "_rows", tuple((float(p.intercept),) + tuple(float(c) for c in p.coef)
+                                                for p in self.pieces))
+        object.__setattr__(self, "_budgets", {})
 
     def with_margin(self, margin: float) -> "PerfModel":
         return PerfModel(self.pieces, margin)
 
     def time(self, shape: BatchShape) -> float:
         """Predicted batch time (no margin)."""
-        x = shape.vector()
-        return float(np.max(self._b + self._c @ x))
+        return self.time_of(shape.prefill_tokens, shape.decode_tokens, shape.decode_context,
+                            shape.prefill_pairs, shape.num_seqs)
+
+    def time_of(self, p: float, d: float, c: float, q: float, s: float) -> float:
+        """`time` of the batch with these five features (module docstring: evaluation order)."""
+        return max(b + cp * p + cd * d + cc * c + cq * q + cs * s for b, cp, cd, cc, cq, cs in self._rows)
 
     def planned_time(self, shape: BatchShape) -> float:
         """Predicted batch time with the safety margin: what plans are checked against."""
         return self.time(shape) * (1.0 + self.margin)
 
     def times(self, x: np.ndarray) -> np.ndarray:
-        """Vectorised `time` over rows of features (n × 5)."""
-        return np.max(self._b[None, :] + x @ self._c.T, axis=1)
+        """Vectorised `time` over rows of features (n × 5), equal to `time` row by row."""
+        x = np.asarray(x, dtype=float)
+        return self.times_of(x[:, P], x[:, D], x[:, C], x[:, Q], x[:, S])
+
+    def times_of(self, p, d, c, q, s) -> np.ndarray:
+        """`time_of` over arrays (broadcast), bit-equal to it element by element."""
+        out = None
+        for b, cp, cd, cc, cq, cs in self._rows:
+            t = b + cp * p + cd * d + cc * c + cq * q + cs * s
+            out = t if out is None else np.maximum(out, t)
+        return np.asarray(out, dtype=float)
 
     def prefill_time(self, tokens: int) -> float:
         """No-load time to prefill one fresh prompt in one batch (the base of relative TTFT SLOs)."""
@@ -139,6 +162,14 @@ class PerfModel:
         a batch whose items sum to at most U = 1 / max_k (c_kP / L_k) then satisfies every piece,
         so it satisfies the model. (Sum of per-item maxima >= max of per-piece sums.)
         """
+        b = self._budgets.get(limit_s)
+        if b is None:
+            if len(self._budgets) >= 4096:      # limits come from a few SLO tiers; stay bounded anyway
+                self._budgets.clear()
+            b = self._budgets[limit_s] = self._budget(limit_s)
+        return b
+
+    def _budget(self, limit_s: float) -> Budget:
         lim = limit_s / (1.0 + self.margin)
         room = lim - self._b
         if np.any(room <= 0):

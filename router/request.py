@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
+from functools import cached_property
 
 
 class Lane(str, Enum):
@@ -169,12 +170,13 @@ class RequestState:
             return self.max_output(self.stage)
         return 0
 
-    @property
+    @cached_property
     def reserved_tokens(self) -> int:
-        """KV tokens this request may hold by its end (what admission reserves)."""
+        """KV tokens this request may hold by its end (what admission reserves; cached: a state is
+        immutable and `replace` builds a new one)."""
         return sum(s.input_tokens + self.max_output(i) for i, s in enumerate(self.request.stages))
 
-    @property
+    @cached_property
     def tightest_remaining_tpot_s(self) -> float:
         first = self.stage if self.phase is not Phase.TOOL_WAIT else self.stage + 1
         stages = self.request.stages[first:] or self.request.stages[-1:]

@@ -103,8 +103,15 @@ class SloScheduler(Scheduler):
                     + [r.arrived_s for r in best_waiting], default=now)
         cap = sum(w.kv_capacity_tokens for w in snap.workers)
         used = sum(r.reserved_tokens for r in admitted)
-        rate = sum(prefill_tokens_per_s(self.model, self._tau.get(w.id, self.config.idle_batch_time_s))
-                   for w in snap.workers if w.role is not WorkerRole.DECODE)
+        per_tau: dict[float, float] = {}         # one throughput per distinct batch time
+        rate = 0.0
+        for w in snap.workers:
+            if w.role is not WorkerRole.DECODE:
+                tau = self._tau.get(w.id, self.config.idle_batch_time_s)
+                v = per_tau.get(tau)
+                if v is None:
+                    v = per_tau[tau] = prefill_tokens_per_s(self.model, tau)
+                rate += v
         ratio = 0.0
         if rate > 0 and (waiting or len(pend.arrival)):
             backlog = (sum(r.remaining_prefill for r in waiting) + float(pend.prompt.sum())) / rate
@@ -273,10 +280,17 @@ class SloScheduler(Scheduler):
     def _decide(self, workers, by_worker, gated, admitted, deferred) -> list[Decision]:
         """ADMIT for the admitted; the rest of the gated go best effort on the worker with the
         most free (unreserved) KV, or are rejected when their lane has no best effort."""
-        free = {w.id: w.kv_capacity_tokens - sum(r.reserved_tokens for r in by_worker[w.id]) for w in workers}
-        reserved = {r.request.id: r.reserved_tokens for r, _ in gated if r.request.id in admitted}
-        for rid, pw in admitted.items():
-            free[pw[1]] -= reserved[rid]
+        free: dict[str, int] = {}
+
+        def free_kv() -> dict[str, int]:      # built at the first best-effort decision only
+            if not free:
+                free.update({w.id: w.kv_capacity_tokens - sum(r.reserved_tokens for r in by_worker[w.id])
+                             for w in workers})
+                reserved = {r.request.id: r.reserved_tokens for r, _ in gated if r.request.id in admitted}
+                for rid, pw in admitted.items():
+                    free[pw[1]] -= reserved[rid]
+            return free
+
         targets = [w for w in workers if w.role is not WorkerRole.DECODE]
         decoders = [w for w in workers if w.role is WorkerRole.DECODE]
         lanes = self.config.lanes
@@ -293,22 +307,37 @@ class SloScheduler(Scheduler):
                 out.append(Decision(rid, REJECT, lane, reason="not_admissible",
                                     retry_after_s=self.config.overload.retry_after_s))
             else:
-                w = one or max(targets, key=lambda w: free[w.id])
-                dw = (max(decoders, key=lambda x: free[x.id]).id if decoders else w.id)
-                free[w.id] -= r.reserved_tokens if one is None else 0
+                fr = free_kv()
+                w = one or max(targets, key=lambda w: fr[w.id])
+                dw = (max(decoders, key=lambda x: fr[x.id]).id if decoders else w.id)
+                fr[w.id] -= r.reserved_tokens if one is None else 0
                 out.append(Decision(rid, BEST_EFFORT, lane, w.id, dw, r.max_tokens_cap, reason="no_slo_capacity"))
         return out
 
     def _preempt(self, workers, by_worker, gated, admitted) -> list[str]:
-        """Best-effort work that no longer fits next to the admitted reservations, latest first."""
+        """Best-effort work that no longer fits next to the admitted reservations, latest first.
+        Only workers holding started best-effort work can have anything to preempt."""
         out = []
-        reserved = {r.request.id: r.reserved_tokens for r, _ in gated if r.request.id in admitted}
+        started = {}
         for w in workers:
+            be = [r for r in by_worker[w.id] if r.admission is Admission.BEST_EFFORT
+                  and (r.context_tokens > 0 or r.phase is not Phase.WAITING)]
+            if be:
+                started[w.id] = be
+        if not started:
+            return out
+        new: dict[str, int] = {}                 # reservations admitted in this step, per worker
+        reserved = {r.request.id: r.reserved_tokens for r, _ in gated if r.request.id in admitted}
+        for rid, pair in admitted.items():
+            for wid in set(pair):
+                new[wid] = new.get(wid, 0) + reserved[rid]
+        for w in workers:
+            be = started.get(w.id)
+            if be is None:
+                continue
             adm = sum(r.reserved_tokens for r in by_worker[w.id] if r.admission is Admission.ADMITTED)
-            adm += sum(reserved[rid] for rid, pair in admitted.items() if w.id in pair)
-            be = sorted((r for r in by_worker[w.id] if r.admission is Admission.BEST_EFFORT
-                         and (r.context_tokens > 0 or r.phase is not Phase.WAITING)),
-                        key=lambda r: (r.request.arrival_s, r.id))
+            adm += new.get(w.id, 0)
+            be.sort(key=lambda r: (r.request.arrival_s, r.id))
             held = adm + sum(r.reserved_tokens for r in be)
             while be and held > w.kv_capacity_tokens:
                 r = be.pop()

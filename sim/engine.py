@@ -93,6 +93,7 @@ class Engine:
         self.records = {r.id: RequestRecord(r) for r in requests}
         self.resident: dict[str, set[str]] = {w: set() for w in self.workers}
         self.directive: dict[str, Directive] = {}
+        self._shown: dict[str, WorkerState] = {}
         self.seg: dict[str, Segment | None] = {w: None for w in self.workers}
         self.hold_preempt: dict[str, set[str]] = {w: set() for w in self.workers}
         self.pending: set[str] = set()
@@ -154,12 +155,19 @@ class Engine:
         now = self.now
         self.last_plan = now
         self.counts["plans"] += 1
-        workers = tuple(WorkerState(w.id, w.role, w.kv_capacity_tokens, self._busy_until(w.id), w.healthy)
-                        for w in self.workers.values())
+        workers = tuple(self._worker_state(w) for w in self.workers.values())
         plan = self.sched.schedule(Snapshot(now, tuple(self.states.values()), workers))
         self._apply(plan)
         if self.pending:
             self._want_plan(now + self.cfg.tick_s)
+
+    def _worker_state(self, w: WorkerState) -> WorkerState:
+        """The worker as the next snapshot shows it (reused while its busy_until is unchanged)."""
+        busy = self._busy_until(w.id)
+        last = self._shown.get(w.id)
+        if last is None or last.busy_until_s != busy:
+            last = self._shown[w.id] = WorkerState(w.id, w.role, w.kv_capacity_tokens, busy, w.healthy)
+        return last
 
     def _busy_until(self, wid: str) -> float:
         """End of the step in progress (a segment is a run of steps; the next one may differ)."""
@@ -201,7 +209,8 @@ class Engine:
                 self._preempt(rid)
                 touched.add(w)
         for d in plan.directives:
-            if self.directive.get(d.worker_id) != d:
+            cur = self.directive.get(d.worker_id)
+            if cur is not d and cur != d:
                 self.directive[d.worker_id] = d
                 if self.seg[d.worker_id] is None:     # a running segment is unaffected (module doc)
                     touched.add(d.worker_id)

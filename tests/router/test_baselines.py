@@ -6,7 +6,7 @@ import pytest
 
 from router.baselines import BASELINES, DistServeScheduler, FcfsScheduler
 from router.plan import DecisionKind, WorkerRole, WorkerState
-from router.request import SLO, Lane, Request, RequestState, Stage
+from router.request import SLO, Admission, Lane, Request, RequestState, Stage
 from router.scheduler import SloScheduler
 from tests.router.helpers import req, snap, worker
 from tests.router.replay import replay
@@ -73,3 +73,21 @@ def test_the_slo_policy_meets_more_slos_than_fcfs_on_an_overloaded_burst(exact_m
     fcfs = replay(reqs, FcfsScheduler(), exact_model, w)
     assert slo.violations() == []
     assert _met(slo) > _met(fcfs)
+
+
+def test_placement_in_one_step_follows_the_least_loaded_rule_request_by_request():
+    # reference: each pending request (arrival order) takes the healthy worker with the least
+    # reserved fraction of its KV, ties to the earlier worker, counting this step's placements
+    workers = [WorkerState(f"w{i}", WorkerRole.COLOCATED, kv) for i, kv in
+               enumerate([100_000, 300_000, 200_000, 300_000, 150_000])]
+    running = [RequestState(req(f"a{i}", prompt=500 * i, out=100), admission=Admission.ADMITTED,
+                            prefill_worker=f"w{i % 3}", decode_worker=f"w{i % 3}") for i in range(1, 7)]
+    new = [RequestState(req(f"r{i}", prompt=50 + 97 * (i % 11), out=20 + i, arrival=0.01 * i)) for i in range(40)]
+    plan = FcfsScheduler().schedule(snap(1.0, running + new, workers))
+    load = {w.id: 0 for w in workers}
+    for r in running:
+        load[r.prefill_worker] += r.reserved_tokens
+    for r, d in zip(new, plan.decisions):
+        w = min(workers, key=lambda w: load[w.id] / w.kv_capacity_tokens)
+        load[w.id] += r.reserved_tokens
+        assert (d.request_id, d.prefill_worker) == (r.id, w.id)

@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from router.disagg import DecodePool
 from router.kv_model import LLAMA3_8B, Link
-from router.plan import BatchMode, DecisionKind, WorkerRole
-from router.request import Admission, Phase, RequestState
+from router.perf_model import BatchShape
+from router.policies.lanes import memory_limit
+from router.plan import BatchMode, DecisionKind, WorkerRole, WorkerState
+from router.request import Admission, Lane, Phase, RequestState
 from router.scheduler import SloScheduler
 from tests.router.helpers import req, snap, worker
 
@@ -50,3 +57,57 @@ def test_kv_transfer_time_comes_out_of_the_ttft_budget(exact_model, calm_config)
     slow = SloScheduler(exact_model, calm_config, transfer_s=lambda n: Link(1e8).transfer_s(LLAMA3_8B, n))
     assert fast.schedule(snap(0.0, [r], POOLS)).decision("r").kind is DecisionKind.ADMIT
     assert slow.schedule(snap(0.0, [r], POOLS)).decision("r").kind is DecisionKind.BEST_EFFORT
+
+
+def test_a_ttft_shorter_than_the_longest_prefill_batch_is_admitted(exact_model, calm_config):
+    # 0.2 s of TTFT holds no whole 0.25 s prefill batch; a shorter prefill batch time holds several
+    assert calm_config.prefill_batch_time_s > 0.2
+    s = SloScheduler(exact_model, calm_config)
+    plan = s.schedule(snap(0.0, [RequestState(req("r", prompt=1000, ttft=0.2))], POOLS))
+    d = plan.decision("r")
+    assert d.kind is DecisionKind.ADMIT
+    tau = plan.directive(d.prefill_worker).batch_time_s
+    assert tau <= 0.2 and exact_model.budget(tau).tokens >= 1000 / (0.2 // tau)
+
+
+def test_a_busy_prefill_worker_still_admits_within_the_ttft(exact_model, calm_config):
+    busy = [WorkerState(w.id, w.role, w.kv_capacity_tokens, busy_until_s=0.1 if w.id == "p0" else 0.0)
+            for w in POOLS[:1] + POOLS[2:]]
+    s = SloScheduler(exact_model, calm_config)
+    plan = s.schedule(snap(0.0, [RequestState(req("r", prompt=1000, ttft=0.3))], busy))
+    assert plan.decision("r").kind is DecisionKind.ADMIT
+
+
+def _scalar_pick(pool, r, lane, model, reserve):
+    """The pair-choice rule one worker at a time (the reference DecodePool.pick must equal)."""
+    best, best_slack = None, -1.0
+    for i, w in enumerate(pool.workers):
+        tpot = min(float(pool.tpot[i]), r.tightest_remaining_tpot_s)
+        if float(pool.mem[i]) + r.reserved_tokens > memory_limit(lane, w.kv_capacity_tokens, reserve):
+            continue
+        n = int(pool.seqs[i]) + 1
+        t = model.planned_time(BatchShape(decode_tokens=n, decode_context=int(pool.context[i] + r.reserved_tokens),
+                                          num_seqs=n))
+        if tpot - t >= 0 and tpot - t > best_slack:
+            best, best_slack = i, tpot - t
+    return best
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 2**32 - 1))
+def test_vectorised_pair_choice_equals_the_per_worker_rule(exact_model, seed):
+    rng = np.random.default_rng(seed)
+    model = exact_model.with_margin(float(rng.choice([0.0, 0.03, 0.1])))
+    workers = [WorkerState(f"d{i}", WorkerRole.DECODE, int(rng.integers(50_000, 400_000)))
+               for i in range(int(rng.integers(1, 12)))]
+    pool = DecodePool(workers, model, 0.1)
+    pool.workers = workers
+    for _ in range(int(rng.integers(0, 300))):
+        r = RequestState(req("x", prompt=int(rng.integers(1, 8000)), out=int(rng.integers(1, 2000)),
+                             tpot=float(rng.choice([0.02, 0.05, 0.1]))))
+        pool.add(int(rng.integers(len(workers))), r)
+    for k in range(20):
+        r = RequestState(req(f"n{k}", prompt=int(rng.integers(1, 8000)), out=int(rng.integers(1, 2000)),
+                             tpot=float(rng.choice([0.01, 0.02, 0.05, 0.1]))))
+        lane = [Lane.INTERACTIVE, Lane.HEAVY][k % 2]
+        assert pool.pick(r, lane) == _scalar_pick(pool, r, lane, model, 0.1)

@@ -105,3 +105,17 @@ def test_model_validation():
         PerfModel(())
     with pytest.raises(ValueError):
         TRUE.with_margin(1.5)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(*[st.integers(0, 10**7)] * 5), min_size=1, max_size=40))
+def test_scalar_time_equals_the_vectorised_times_bit_for_bit(h100_fit, rows):
+    model = h100_fit[0]
+    x = np.array(rows, dtype=float)
+    assert [model.time(BatchShape(*r)) for r in rows] == model.times(x).tolist()
+
+
+def test_budget_is_memoised_per_limit(h100_fit):
+    model = h100_fit[0]
+    assert model.budget(0.05) is model.budget(0.05)
+    assert model.budget(0.05) == model._budget(0.05)
