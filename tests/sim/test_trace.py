@@ -11,7 +11,7 @@ from sim.trace import arrivals, clip, load_rows, replay
 def test_azure_and_vidur_files_are_the_same_requests(traces):
     az = load_rows(traces / "AzureLLMInferenceTrace_code.csv")
     vi = load_rows(traces / "vidur_splitwise_code.csv")
-    assert (az.fmt, vi.fmt, len(az)) == ("azure", "vidur", 8819)
+    assert (az.fmt, vi.fmt) == ("azure", "vidur") and len(az) == len(vi) > 0
     assert np.array_equal(az.input_tokens, vi.input_tokens)
     assert np.allclose(az.arrival_s, vi.arrival_s, atol=1e-5)
 
@@ -43,6 +43,6 @@ def test_generated_arrivals_are_deterministic_and_near_the_rate(traces):
 
 def test_clip_to_the_context_is_counted(traces):
     rows = load_rows(traces / "AzureLLMInferenceTrace_conv.csv")
-    c = clip(rows, 8192)
-    assert c.clipped == int(((rows.input_tokens >= 8192) | (rows.input_tokens + rows.output_tokens > 8192)).sum())
-    assert c.clipped > 0 and int((c.input_tokens + c.output_tokens).max()) <= 8192
+    c = clip(rows, 2048)
+    assert c.clipped == int(((rows.input_tokens >= 2048) | (rows.input_tokens + rows.output_tokens > 2048)).sum())
+    assert c.clipped > 0 and int((c.input_tokens + c.output_tokens).max()) <= 2048
