@@ -38,6 +38,17 @@ _CHUNK = 2**20                        # pooled segments are sized in whole MiB
 _OPEN_FLAGS = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
 
 
+def release_reason(state: int, deadline: float, now: float) -> ReleaseReason | None:
+    """Why a sender may free an offer whose control word reads ``state``, or None to keep it."""
+    if state == CONFIRMED:
+        return ReleaseReason.CONFIRMED
+    if state == ABORTED:
+        return ReleaseReason.ABORTED
+    if deadline <= now:
+        return ReleaseReason.EXPIRED
+    return None
+
+
 def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -192,12 +203,8 @@ class ShmTransport(KVTransport):
         now = time.time() if now is None else now
         out = []
         for tid, off in list(self._offers.items()):
-            state = off.control.get()
-            if state in (CONFIRMED, ABORTED):
-                reason = ReleaseReason.CONFIRMED if state == CONFIRMED else ReleaseReason.ABORTED
-            elif off.ticket.deadline <= now:
-                reason = ReleaseReason.EXPIRED
-            else:
+            reason = release_reason(off.control.get(), off.ticket.deadline, now)
+            if reason is None:
                 continue
             self._free(tid, reuse=reason is ReleaseReason.CONFIRMED)
             out.append(Released(tid, off.ticket.request_id, reason))

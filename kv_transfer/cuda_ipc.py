@@ -23,8 +23,8 @@ from pathlib import Path
 import torch
 
 from engine.kv_cache import KVHandoff
-from kv_transfer.cpu_shm import ABORTED, CONFIRMED, PREFIX, READY, ShmControl, pid_alive
-from kv_transfer.transport import (KVTransport, Released, ReleaseReason, SenderAddress, TransferFailed,
+from kv_transfer.cpu_shm import ABORTED, CONFIRMED, PREFIX, READY, ShmControl, pid_alive, release_reason
+from kv_transfer.transport import (KVTransport, Released, SenderAddress, TransferFailed,
                                    TransferTicket, check_ticket)
 
 
@@ -71,12 +71,8 @@ class CudaIpcTransport(KVTransport):
         now = time.time() if now is None else now
         out = []
         for tid, off in list(self._offers.items()):
-            state = off.control.get()
-            if state in (CONFIRMED, ABORTED):
-                reason = ReleaseReason.CONFIRMED if state == CONFIRMED else ReleaseReason.ABORTED
-            elif off.ticket.deadline <= now:
-                reason = ReleaseReason.EXPIRED
-            else:
+            reason = release_reason(off.control.get(), off.ticket.deadline, now)
+            if reason is None:
                 continue
             self._free(tid)
             out.append(Released(tid, off.ticket.request_id, reason))
