@@ -141,6 +141,18 @@ class LLMEngine:
         seq.status, seq.finish_reason = SeqStatus.FINISHED, FinishReason.ABORT
         return True
 
+    def has_request(self, request_id: str) -> bool:
+        """Whether the request is live here (waiting, running or parked)."""
+        return request_id in self._seqs
+
+    def park(self, request_id: str) -> None:
+        """Stop stepping a running request but keep its KV blocks (a prefill worker holds them
+        until the decode side confirms the handoff). ``abort`` frees it later."""
+        seq = self._seqs.get(request_id)
+        if seq is None or seq not in self.scheduler.running:
+            raise RequestError(f"request {request_id!r} is not running here")
+        self.scheduler.running.remove(seq)
+
     def has_unfinished(self) -> bool:
         return self.scheduler.has_work()
 

@@ -87,3 +87,15 @@ def test_kv_export_import_round_trip_is_bit_exact(llama_dir):
     table = engine.block_manager.block_table(rid)[:5]
     expected = engine.kv_cache.tensor[:, :, table].clone()
     torch.testing.assert_close(handoff.buffer, expected, atol=0, rtol=0)
+
+
+def test_a_parked_request_keeps_its_blocks_and_is_not_stepped(llama_dir):
+    engine = make_engine(llama_dir, enable_prefix_caching=False)
+    rid = engine.add_request(PROMPT, GREEDY)
+    engine.step()
+    used = engine.block_manager.usage()
+    engine.park(rid)
+    assert engine.has_request(rid) and not engine.has_unfinished() and engine.step() == []
+    assert engine.block_manager.usage() == used
+    engine.abort(rid)
+    assert engine.block_manager.usage() == 0 and not engine.has_request(rid)
