@@ -7,10 +7,6 @@ afterwards both workers' block managers are consistent with nothing referenced, 
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
-from pathlib import Path
 
 import pytest
 
@@ -19,29 +15,18 @@ ray = pytest.importorskip("ray")
 from decode_worker.worker import remote_decode_worker  # noqa: E402
 from prefill_worker.worker import remote_prefill_worker  # noqa: E402
 from tests.cluster.conftest import PARAMS, make_prompts  # noqa: E402
+from tests.ray_cluster import local_ray, shm_segments  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[2]
 TIMEOUT = 60
-ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0",
-       "RAY_AUTH_MODE": "disabled", "GLOO_SOCKET_IFNAME": "lo"}
 
 
 @pytest.fixture(scope="module")
 def cluster():
-    saved = {k: os.environ.get(k) for k in ENV}
-    os.environ.update(ENV)
-    temp = tempfile.mkdtemp(prefix="tcl")
-    ray.init(num_cpus=2, object_store_memory=256 * 2**20, include_dashboard=False, _temp_dir=temp,
-             runtime_env={"env_vars": {**ENV, "PYTHONPATH": str(ROOT)}}, log_to_driver=False)
-    yield
-    ray.shutdown()
-    shutil.rmtree(temp, ignore_errors=True)
-    for k, v in saved.items():
-        os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+    with local_ray("tcl"):
+        yield
 
 
-def _segments() -> set[str]:
-    return {p.name for p in Path("/dev/shm").glob("tandem-kv-*")}
+_segments = shm_segments
 
 
 @pytest.fixture

@@ -6,12 +6,8 @@ After every test: no /dev/shm segment of ours is left, every engine's block inva
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 import time
 import uuid
-from pathlib import Path
 
 import pytest
 
@@ -21,32 +17,22 @@ from engine.sampling import SamplingParams  # noqa: E402
 from kv_transfer.handoff import Decision  # noqa: E402
 from kv_transfer.transport import ReleaseReason  # noqa: E402
 from tests.engine.helpers import make_engine  # noqa: E402
+from tests.ray_cluster import local_ray, shm_segments  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[2]
 TIMEOUT = 60
 KINDS = ["cpu_shm", "cpu_gloo", "cpu_ray"]
-ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0",
-       "RAY_AUTH_MODE": "disabled", "GLOO_SOCKET_IFNAME": "lo"}
 
 
 @pytest.fixture(scope="module")
 def cluster():
-    saved = {k: os.environ.get(k) for k in ENV}
-    os.environ.update(ENV)
-    temp = tempfile.mkdtemp(prefix="tkv")
-    ray.init(num_cpus=2, object_store_memory=256 * 2**20, include_dashboard=False, _temp_dir=temp,
-             runtime_env={"env_vars": {**ENV, "PYTHONPATH": str(ROOT)}}, log_to_driver=False)
-    from tests.kv_transfer.ray_actors import Worker
+    with local_ray("tkv"):
+        from tests.kv_transfer.ray_actors import Worker
 
-    yield ray.remote(num_cpus=0.5)(Worker)
-    ray.shutdown()
-    shutil.rmtree(temp, ignore_errors=True)
-    for k, v in saved.items():
-        os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+        yield ray.remote(num_cpus=0.5)(Worker)
 
 
 def _segments() -> list[str]:
-    return sorted(p.name for p in Path("/dev/shm").glob("tandem-kv-*"))
+    return sorted(shm_segments())
 
 
 @pytest.fixture

@@ -1,0 +1,42 @@
+"""A local Ray cluster on loopback for tests, with this machine's Ray 2.60 settings.
+
+Ray binds to eth0 and requires token auth by default here (see ../shared/ENVIRONMENT.md); the
+environment below keeps everything on 127.0.0.1, disables auth and usage stats, and the
+cluster gets its own temp dir (a reused one makes ``ray.init`` attach to a dead cluster).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0",
+       "RAY_AUTH_MODE": "disabled", "GLOO_SOCKET_IFNAME": "lo"}
+
+
+def shm_segments() -> set[str]:
+    """Names of this project's KV handoff segments in /dev/shm."""
+    return {p.name for p in Path("/dev/shm").glob("tandem-kv-*")}
+
+
+@contextlib.contextmanager
+def local_ray(prefix: str = "tray"):
+    """Start a 2-CPU loopback Ray cluster (256 MiB object store), shut it down on exit."""
+    import ray
+
+    saved = {k: os.environ.get(k) for k in ENV}
+    os.environ.update(ENV)
+    temp = tempfile.mkdtemp(prefix=prefix)
+    ray.init(num_cpus=2, object_store_memory=256 * 2**20, include_dashboard=False, _temp_dir=temp,
+             runtime_env={"env_vars": {**ENV, "PYTHONPATH": str(ROOT)}}, log_to_driver=False)
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+        shutil.rmtree(temp, ignore_errors=True)
+        for k, v in saved.items():
+            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
