@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from engine.config import EngineConfig
-from engine.engine import LLMEngine
+from engine.engine import LLMEngine, StepRecord
 from kv_transfer import select_transport
 from kv_transfer.flow import receive
 from kv_transfer.handoff import Decision, HandoffPolicy, HandoffTracker
@@ -44,6 +44,14 @@ class TokenEvent:
 
 
 @dataclass(frozen=True)
+class DecodeStep:
+    """One engine step: its token events, and its shape and seconds (None when nothing ran)."""
+
+    events: tuple[TokenEvent, ...]
+    record: StepRecord | None
+
+
+@dataclass(frozen=True)
 class DecodeStats:
     num_running: int
     num_waiting: int
@@ -53,6 +61,7 @@ class DecodeStats:
     num_recompute: int
     num_failed: int
     bytes_pulled: int
+    kv_capacity_tokens: int        # blocks × block size
 
 
 class DecodeWorker:
@@ -100,6 +109,31 @@ class DecodeWorker:
                            o.finish_reason.value if o.finish_reason else None)
                 for o in self.engine.step() if o.new_token_ids]
 
+    def step_report(self) -> DecodeStep:
+        """``step`` plus what the step ran and how long it took (for calibration and occupancy)."""
+        if not self.engine.has_unfinished():
+            return DecodeStep((), None)
+        self.engine.last_step = None
+        events = tuple(self.step())
+        return DecodeStep(events, self.engine.last_step)
+
+    def start_local(self, request_id: str, token_ids: list[int],
+                    sampling_params_dict: dict[str, Any] | None = None) -> int:
+        """Run a request's prefill here (a later stage, or a session turn whose prefix is cached).
+
+        The prefix cache covers what this worker already holds of ``token_ids``; only the rest
+        is computed, by the next ``step`` calls (the first token arrives as a ``TokenEvent``).
+        Returns the number of tokens served from the cache. Raises ``RequestError`` / ``ValueError``.
+        """
+        params = sampling_params_from_dict(sampling_params_dict)
+        cached = self.cached_prefix_tokens(token_ids)
+        self.engine.add_request(list(token_ids), params, request_id=request_id)
+        return cached
+
+    def cached_prefix_tokens(self, token_ids: list[int]) -> int:
+        """Leading tokens of ``token_ids`` whose KV this worker's prefix cache holds now."""
+        return self.engine.block_manager.cached_prefix_tokens(token_ids)
+
     def run_until_done(self, request_ids: list[str], deadline_s: float = 60.0) -> dict[str, list[int]]:
         """Test helper: step until every one of ``request_ids`` finished; their tokens decoded here.
 
@@ -127,7 +161,8 @@ class DecodeWorker:
     def stats(self) -> DecodeStats:
         s, bm = self.engine.stats(), self.engine.block_manager
         return DecodeStats(s.num_running, s.num_waiting, s.kv_usage, bm.num_free_blocks(),
-                           self._started, self._recompute, self._failed, self._bytes)
+                           self._started, self._recompute, self._failed, self._bytes,
+                           bm.num_blocks * bm.block_size)
 
     def check_invariants(self) -> None:
         """Raise AssertionError if the block manager's bookkeeping is inconsistent."""

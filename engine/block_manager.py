@@ -133,6 +133,20 @@ class BlockManager:
         self._num_tokens[seq_id] = len(hits) * self.block_size
         return self._num_tokens[seq_id]
 
+    def cached_prefix_tokens(self, token_ids: Sequence[int]) -> int:
+        """How many leading tokens of `token_ids` `match_prefix` would cover now (changes nothing)."""
+        if not self.enable_prefix_caching:
+            return 0
+        bs, parent, n = self.block_size, _ROOT_HASH, 0
+        for i in range((len(token_ids) - 1) // bs):
+            tokens = tuple(token_ids[i * bs:(i + 1) * bs])
+            parent = chain_hash(parent, tokens)
+            block = self._hash_to_block.get(parent)
+            if block is None or self._tokens[block] != tokens:
+                break
+            n += bs
+        return n
+
     def commit(self, seq_id: Hashable, token_ids: Sequence[int], num_computed_tokens: int) -> None:
         """Record that KV for `token_ids[:num_computed_tokens]` has been written.
 

@@ -60,6 +60,17 @@ class HandoffSender:
         self._tickets.pop(r.transfer_id, None)
         return [r]
 
+    def withdraw(self, request_id: str) -> list[Released]:
+        """Abort every offer of ``request_id`` now (its caller gave up); returns what was freed."""
+        freed = []
+        for tid, ticket in list(self._tickets.items()):
+            if ticket.request_id == request_id:
+                self.transport.abort(ticket)
+                if tid in self.tracker:
+                    self.tracker.abort(tid, "withdrawn by the sender")
+                freed += self._release(Released(tid, request_id, ReleaseReason.ABORTED))
+        return freed
+
     def pending(self) -> list[str]:
         return self.transport.pending()
 

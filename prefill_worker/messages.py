@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any
 
+from engine.engine import StepRecord
 from engine.sampling import SamplingParams
 from kv_transfer.transport import TransferTicket
 
@@ -43,7 +44,8 @@ def sampling_params_from_dict(params: dict[str, Any] | None) -> SamplingParams:
 @dataclass(frozen=True)
 class PrefillResult:
     """One prefilled request. ``ticket`` is None when the request already finished (``finished``:
-    max_tokens == 1, EOS or a stop) or when nothing is left to hand off."""
+    max_tokens == 1, EOS or a stop) or when nothing is left to hand off. ``first_text`` is the
+    text the first token released (may be "" mid-character or while a stop string is pending)."""
 
     request_id: str
     first_token: int
@@ -51,6 +53,35 @@ class PrefillResult:
     ticket: TransferTicket | None
     prefill_seconds: float
     num_cached_tokens: int
+    first_text: str = ""
+    finish_reason: str | None = None
+
+
+@dataclass(frozen=True)
+class PrefillItem:
+    """One request of a ``prefill_batch`` call."""
+
+    request_id: str
+    prompt_ids: tuple[int, ...]
+    params: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class PrefillError:
+    """A request of a batch the engine refused (bad params, prompt too long): nothing is held."""
+
+    request_id: str
+    message: str
+
+
+@dataclass(frozen=True)
+class PrefillBatch:
+    """What one ``prefill_batch`` call did: one outcome per item (in order) and every engine step
+    it ran with its shape and seconds (the controller calibrates the performance model on them)."""
+
+    outcomes: tuple[PrefillResult | PrefillError, ...]
+    steps: tuple[StepRecord, ...]
+    seconds: float
 
 
 @dataclass(frozen=True)
@@ -62,3 +93,4 @@ class PrefillStats:
     num_prefilled: int
     num_released: int
     bytes_offered: int
+    kv_capacity_tokens: int      # blocks × block size

@@ -3,9 +3,9 @@
 A thin shell around ``LLMEngine`` and a ``HandoffSender``; ``remote_prefill_worker`` turns the
 plain class into a Ray actor class, so tests can drive it in-process too. One call at a time::
 
-    prefill(rid, prompt, params):
+    prefill_batch([PrefillItem]):                 # prefill(rid, prompt, params) is a batch of one
         sweep()                                   # free what decode confirmed / what expired
-        add_request; step until rid's first token  # chunked prefill: several steps if long
+        add_request each; step until each has its first token  # chunked prefill under a token budget
         finished? -> PrefillResult(ticket=None)    # the engine already freed its blocks
         export_kv; ticket = sender.offer(handoff)  # bytes staged in the transport
         park rid                                   # blocks held, never scheduled again
@@ -25,7 +25,9 @@ from engine.engine import LLMEngine, RequestError
 from kv_transfer import select_transport
 from kv_transfer.flow import HandoffSender
 from kv_transfer.handoff import HandoffPolicy, HandoffTracker
-from prefill_worker.messages import PrefillResult, PrefillStats, sampling_params_from_dict
+from engine.engine import StepRecord
+from prefill_worker.messages import (PrefillBatch, PrefillError, PrefillItem, PrefillResult, PrefillStats,
+                                     sampling_params_from_dict)
 
 
 class PrefillWorker:
@@ -54,37 +56,90 @@ class PrefillWorker:
 
     def prefill(self, request_id: str, prompt_ids: list[int],
                 sampling_params_dict: dict[str, Any] | None = None) -> PrefillResult:
-        self.sweep()
-        params = sampling_params_from_dict(sampling_params_dict)
-        start = time.perf_counter()
-        self.engine.add_request(list(prompt_ids), params, request_id=request_id)
-        try:
-            first = self._run_prompt(request_id, len(prompt_ids))
-        except BaseException:
-            self.engine.abort(request_id)
-            raise
-        seconds = time.perf_counter() - start
-        self._num_prefilled += 1
-        if first.finished:
-            return PrefillResult(request_id, first.new_token_ids[0], True, None, seconds, first.num_cached_tokens)
-        try:
-            ticket = self.sender.offer(self.engine.export_kv(request_id))
-        except BaseException:
-            self.engine.abort(request_id)
-            raise
-        self._park(request_id)
-        self._bytes_offered += ticket.nbytes
-        return PrefillResult(request_id, first.new_token_ids[0], False, ticket,
-                             time.perf_counter() - start, first.num_cached_tokens)
+        """One request; raises ``RequestError`` / ``ValueError`` for a bad one (nothing held)."""
+        out = self.prefill_batch([PrefillItem(request_id, tuple(prompt_ids), sampling_params_dict)]).outcomes[0]
+        if isinstance(out, PrefillError):
+            raise RequestError(out.message)
+        return out
 
-    def _run_prompt(self, request_id: str, num_tokens: int):
-        """Step until ``request_id`` samples its first token (only it is scheduled: others are parked)."""
-        budget = self.engine.config.max_num_batched_tokens
-        for _ in range(num_tokens // budget + 2):
+    def prefill_batch(self, items: list[PrefillItem], deadline_s: float = 300.0) -> PrefillBatch:
+        """Prefill ``items`` together (chunked under the engine's token budget) and offer their KV.
+
+        A refused item gets a ``PrefillError`` and does not stop the others. Raises
+        ``TimeoutError`` (everything of this call aborted) if the steps take past ``deadline_s``.
+        """
+        self.sweep()
+        begin = time.perf_counter()
+        outcomes: dict[str, PrefillResult | PrefillError] = {}
+        live: list[str] = []
+        for item in items:
+            try:
+                params = sampling_params_from_dict(item.params)
+                self.engine.add_request(list(item.prompt_ids), params, request_id=item.request_id)
+                live.append(item.request_id)
+            except (RequestError, ValueError) as exc:
+                outcomes[item.request_id] = PrefillError(item.request_id, str(exc))
+        steps: list[StepRecord] = []
+        try:
+            firsts = self._run_prompts(set(live), deadline_s, steps)
+        except BaseException:
+            for rid in live:
+                self.engine.abort(rid)
+            raise
+        for rid in live:
+            outcomes[rid] = self._hand_off(rid, firsts[rid], time.perf_counter() - begin)
+        return PrefillBatch(tuple(outcomes[i.request_id] for i in items), tuple(steps),
+                            time.perf_counter() - begin)
+
+    def _hand_off(self, rid: str, first, seconds: float) -> PrefillResult | PrefillError:
+        self._num_prefilled += 1
+        reason = first.finish_reason.value if first.finish_reason else None
+        if first.finished:
+            return PrefillResult(rid, first.new_token_ids[0], True, None, seconds, first.num_cached_tokens,
+                                 first.new_text, reason)
+        try:
+            ticket = self.sender.offer(self.engine.export_kv(rid))
+        except Exception as exc:                       # staging failed: nothing offered, free the blocks
+            self.engine.abort(rid)
+            return PrefillError(rid, f"KV offer failed: {type(exc).__name__}: {exc}")
+        self._park(rid)
+        self._bytes_offered += ticket.nbytes
+        return PrefillResult(rid, first.new_token_ids[0], False, ticket, seconds, first.num_cached_tokens,
+                             first.new_text, None)
+
+    def _run_prompts(self, request_ids: set[str], deadline_s: float, steps: list[StepRecord]) -> dict:
+        """Step until every one of ``request_ids`` sampled its first token (others here are parked)."""
+        firsts, until = {}, time.monotonic() + deadline_s
+        while len(firsts) < len(request_ids):
+            if time.monotonic() > until:
+                raise TimeoutError(f"prefill of {len(request_ids)} requests exceeded {deadline_s} s")
+            if not self.engine.has_unfinished():
+                missing = sorted(request_ids - set(firsts))
+                raise RequestError(f"requests {missing[:5]} left the engine before their first token")
             for out in self.engine.step():
-                if out.request_id == request_id:
-                    return out
-        raise RequestError(f"request {request_id!r} was not prefilled within {num_tokens // budget + 2} steps")
+                if out.request_id in request_ids and out.request_id not in firsts:
+                    firsts[out.request_id] = out
+            if self.engine.last_step is not None:
+                steps.append(self.engine.last_step)
+        return firsts
+
+    def withdraw(self, request_id: str) -> bool:
+        """Drop a parked request's offer and free its blocks now (the caller gave up on it)."""
+        if request_id not in self._parked:
+            return False
+        self.sender.withdraw(request_id)
+        self._parked.discard(request_id)
+        self.engine.abort(request_id)
+        self._num_released += 1
+        return True
+
+    def calibrate(self, steps: int = 64, max_prompt: int = 512, max_output: int = 16, seed: int = 0):
+        """Time ``steps`` engine steps of a random mix and fit the batch-time model on them."""
+        from engine.calibrate import calibrate
+
+        if self._parked or self.engine.has_unfinished():
+            raise RuntimeError("calibrate only an idle worker")
+        return calibrate(self.engine, steps=steps, max_prompt=max_prompt, max_output=max_output, seed=seed)
 
     def _park(self, request_id: str) -> None:
         # Not stepped again, blocks kept; engine.abort frees them on release.
@@ -114,7 +169,8 @@ class PrefillWorker:
     def stats(self) -> PrefillStats:
         bm = self.engine.block_manager
         return PrefillStats(len(self._parked), len(self.sender.pending()), bm.usage(), bm.num_free_blocks(),
-                            self._num_prefilled, self._num_released, self._bytes_offered)
+                            self._num_prefilled, self._num_released, self._bytes_offered,
+                            bm.num_blocks * bm.block_size)
 
     def check_invariants(self) -> None:
         """Raise AssertionError if the block manager's bookkeeping is inconsistent."""

@@ -1,0 +1,594 @@
+"""The controller: runs the router's scheduler on live state and moves requests through the pools.
+
+One asyncio actor. Its loops (all started by ``start``)::
+
+    plan loop      pending requests + worker states → scheduler.schedule(Snapshot) → decisions:
+                   REJECT → Failed(rejected, retry_after); ADMIT / BEST_EFFORT → Admitted, queued
+                   on the chosen prefill worker (its decode worker is chosen with it)
+    prefill loop   (one per prefill worker) admitted first, then best effort, earliest TTFT
+                   deadline first, up to a token budget → prefill_batch → first tokens streamed
+                   at once → a handoff task per request: decode.start (pull, import, confirm)
+    decode loop    (one per decode worker, while it runs requests) step_report → tokens
+                   streamed; a finished stage → StageDone, then the next stage on the same
+                   decode worker (prefix cache) after its tool delay, or Finished
+    health loop    pings unhealthy workers; a restarted actor that answers ``ready`` is used again
+
+Failures: a dead prefill worker's batch is queued again elsewhere; a dead decode worker's
+requests are prefilled again (conversation so far) on the surviving workers; a transfer that
+fails is retried by the decode side, then re-prefilled. Each re-prefill counts against
+``max_retries``; past it the request fails with ``internal``. Every wait has a deadline
+(``ClusterConfig``). Worker step times feed a ``Calibrator``; the scheduler's performance model
+is refitted every ``refit_every`` steps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter
+from collections.abc import AsyncIterator
+
+from cluster.api import (ClusterStats, ErrorKind, Failed, Finished, GenerateRequest, LaneStats, StageDone,
+                         StreamItem, WorkerHealth)
+from cluster.backend import ModelInfo
+from cluster.config import ClusterConfig
+from cluster.pools import WorkerDied, WorkerSlot
+from cluster.requests import build_request
+from cluster.tracking import Tracked, Where
+from decode_worker.worker import DecodeStep
+from kv_transfer.handoff import Decision as HandoffDecision
+from prefill_worker.messages import PrefillError, PrefillItem, PrefillResult
+from router.affinity import HashRing
+from router.baselines import DistServeScheduler
+from router.perf_model import Calibrator, PerfModel
+from router.placement import WorkerLoad, affinity_ok, pick_decode, pick_prefill
+from router.plan import DecisionKind, Snapshot, WorkerRole, WorkerState
+from router.scheduler import SloScheduler
+
+log = logging.getLogger("tandem.controller")
+_DONE = object()
+
+
+class Controller:
+    """See the module docstring. Built by ``cluster.builder``; callers use ``cluster.handle``."""
+
+    def __init__(self, config: ClusterConfig, prefill: dict, decode: dict, info: ModelInfo, perf: PerfModel,
+                 capacities: dict[str, int]):
+        self.config, self.info, self.perf = config, info, perf
+        self.slots: dict[str, WorkerSlot] = {}
+        for role, handles in ((WorkerRole.PREFILL, prefill), (WorkerRole.DECODE, decode)):
+            for wid, h in handles.items():
+                self.slots[wid] = WorkerSlot(wid, role, h, capacities[wid])
+        self.ring = HashRing(decode)
+        self.scheduler = self._make_scheduler(perf)
+        self.calibrator = Calibrator(min_points=32)
+        self._new_steps = 0
+        self.t0 = time.monotonic()
+        self.tracked: dict[str, Tracked] = {}
+        self.streams: dict[str, asyncio.Queue] = {}
+        self.pending: set[str] = set()
+        self.queues: dict[str, list[str]] = {w: [] for w in prefill}
+        self.sessions: dict[str, str] = {}
+        self.lanes: dict[str, Counter] = {}
+        self.actions: Counter = Counter()
+        self.overload = "normal"
+        self.kv = {"bytes": 0, "count": 0, "seconds": 0.0, "bytes_per_token": 0.0}
+        self.totals = Counter()
+        self._tasks: list[asyncio.Task] = []
+        self._plan_wake = asyncio.Event()
+        self._closing = False
+
+    def _make_scheduler(self, perf: PerfModel):
+        if self.config.policy == "fcfs":
+            return DistServeScheduler(token_budget=self.config.prefill_batch_tokens)
+        return SloScheduler(perf, self.config.scheduler, transfer_s=self._transfer_s)
+
+    def _transfer_s(self, tokens: int) -> float:
+        kv = self.kv
+        if not kv["count"]:
+            return 0.005
+        per_byte = kv["seconds"] / max(kv["bytes"], 1)
+        return 0.002 + tokens * kv["bytes_per_token"] * per_byte
+
+    def _now(self) -> float:
+        return time.monotonic() - self.t0
+
+    # ---- lifecycle -----------------------------------------------------------------------------
+    async def start(self) -> bool:
+        if not self._tasks:
+            loop = asyncio.get_running_loop()
+            self._tasks.append(loop.create_task(self._plan_loop()))
+            self._tasks.append(loop.create_task(self._health_loop()))
+            for wid, slot in self.slots.items():
+                loop_fn = self._prefill_loop if slot.role is WorkerRole.PREFILL else self._decode_loop
+                self._tasks.append(loop.create_task(loop_fn(slot)))
+        return True
+
+    async def shutdown(self) -> None:
+        self._closing = True
+        for rid in list(self.tracked):
+            self._fail(rid, ErrorKind.UNAVAILABLE, "the cluster is shutting down")
+        for t in self._tasks:
+            t.cancel()
+
+    # ---- the public face ------------------------------------------------------------------------
+    def model_info(self) -> ModelInfo:
+        return self.info
+
+    async def generate(self, req: GenerateRequest) -> AsyncIterator[StreamItem]:
+        """Stream one request (see cluster.api). Always ends with Finished or Failed."""
+        queue = asyncio.Queue()
+        rid = req.request_id
+        try:
+            if rid in self.tracked:
+                raise ValueError(f"request id {rid!r} is already in use")
+            if self._closing:
+                yield Failed(rid, ErrorKind.UNAVAILABLE, "the cluster is shutting down")
+                return
+            request = build_request(req, self._now(), self.config, self.perf, self.info.max_model_len,
+                                    self.info.vocab_size)
+        except ValueError as exc:
+            yield Failed(rid, ErrorKind.INVALID, str(exc))
+            return
+        t = self.tracked[rid] = Tracked(req, request, time.monotonic())
+        self.streams[rid] = queue
+        self.pending.add(rid)
+        self._plan_wake.set()
+        deadline = time.monotonic() + self.config.request_timeout_s
+        try:
+            while True:
+                left = deadline - time.monotonic()
+                try:
+                    item = await asyncio.wait_for(queue.get(), max(left, 0.001))
+                except asyncio.TimeoutError:
+                    self._fail(rid, ErrorKind.TIMEOUT, f"no result within {self.config.request_timeout_s} s")
+                    item = queue.get_nowait()
+                yield item
+                if isinstance(item, (Finished, Failed)):
+                    return
+        finally:
+            if t.where is not Where.DONE:          # the caller went away: free everything
+                await self.cancel(rid, req.tenant)
+            self.streams.pop(rid, None)
+
+    async def cancel(self, request_id: str, tenant: str) -> bool:
+        t = self.tracked.get(request_id)
+        if t is None or t.req.tenant != tenant or t.where is Where.DONE:
+            return False
+        t.cancelled = True
+        where, dw = t.where, t.decode_worker
+        self._fail(request_id, ErrorKind.CANCELLED, "cancelled")
+        if where is Where.DECODE and dw in self.slots:
+            slot = self.slots[dw]
+            self._leave_decode(slot, t)
+            try:
+                await slot.call("abort", request_id, timeout_s=self.config.step_timeout_s)
+            except WorkerDied:
+                pass
+        return True                      # prefill / handoff: their tasks see ``cancelled`` and free
+
+    async def health(self) -> tuple[WorkerHealth, ...]:
+        return tuple(WorkerHealth(s.id, s.role.value, s.healthy, s.restarts, s.detail) for s in self.slots.values())
+
+    async def ready(self, deep: bool = False) -> bool:
+        roles = {s.role for s in self.slots.values() if s.healthy}
+        if roles != {WorkerRole.PREFILL, WorkerRole.DECODE}:
+            return False
+        if not deep:
+            return True
+        probe = GenerateRequest(f"ready-probe-{time.monotonic_ns()}", (1, 2, 3),
+                                {"max_tokens": 2, "temperature": 0, "ignore_eos": True}, tenant="__probe__",
+                                ttft_s=self.config.request_timeout_s, tpot_s=self.config.request_timeout_s)
+        last = None
+        async for item in self.generate(probe):
+            last = item
+        return isinstance(last, Finished)
+
+    async def stats(self) -> ClusterStats:
+        queued = Counter(t.req.lane.value for t in self.tracked.values()
+                         if t.where in (Where.PENDING, Where.QUEUED))
+        lanes = {name: LaneStats(**{k: c[k] for k in LaneStats.__dataclass_fields__ if k != "queued"},
+                                 queued=queued[name]) for name, c in self.lanes.items()}
+        running = sum(1 for t in self.tracked.values() if t.where is Where.DECODE)
+        waiting = sum(1 for t in self.tracked.values() if t.where in (Where.PENDING, Where.QUEUED))
+        tenants = Counter(t.req.tenant for t in self.tracked.values())
+        return ClusterStats(running, waiting, lanes, await self.health(),
+                            {s.id: s.kv_usage for s in self.slots.values()},
+                            {s.id: s.busy_fraction() for s in self.slots.values()}, self.overload,
+                            dict(self.actions), self.kv["bytes"], self.kv["count"], self.kv["seconds"],
+                            self.totals["retries"], dict(tenants), self.totals["prompt_tokens"],
+                            self.totals["generation_tokens"])
+
+    # ---- stream plumbing -------------------------------------------------------------------------
+    def _lane(self, lane: str) -> Counter:
+        return self.lanes.setdefault(lane, Counter())
+
+    def _emit(self, rid: str, item: StreamItem) -> None:
+        q = self.streams.get(rid)
+        if q is not None:
+            q.put_nowait(item)
+
+    def _fail(self, rid: str, kind: ErrorKind, message: str, retry_after_s: float | None = None) -> None:
+        t = self.tracked.pop(rid, None)
+        if t is None:
+            return
+        self.pending.discard(rid)
+        if kind not in (ErrorKind.REJECTED, ErrorKind.CANCELLED):
+            self._lane(t.req.lane.value)["failed"] += 1
+        t.where = Where.DONE
+        self._emit(rid, Failed(rid, kind, message, retry_after_s))
+
+    def _finish(self, t: Tracked) -> None:
+        fin = t.finished(time.monotonic())
+        c = self._lane(t.req.lane.value)
+        c["completed"] += 1
+        c["slo_met"] += int(fin.slo_met)
+        self.tracked.pop(t.id, None)
+        self._emit(t.id, fin)
+
+    # ---- planning ----------------------------------------------------------------------------------
+    async def _plan_loop(self) -> None:
+        last = 0.0
+        while True:
+            try:
+                await asyncio.wait_for(self._plan_wake.wait(), 0.25)
+            except asyncio.TimeoutError:
+                pass
+            self._plan_wake.clear()
+            if not self.pending:
+                continue
+            wait = last + self.config.plan_interval_s - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            last = time.monotonic()
+            try:
+                self._plan_once()
+            except Exception:                       # a planner bug must not stop the cluster
+                log.exception("scheduling step failed")
+            if self.pending:                        # deferred requests: decide again next tick
+                await asyncio.sleep(self.config.plan_interval_s)
+                self._plan_wake.set()
+
+    def _plan_once(self) -> None:
+        workers = tuple(WorkerState(s.id, s.role, s.kv_capacity_tokens, self._now(), s.healthy)
+                        for s in self.slots.values())
+        if not any(w.healthy and w.role is WorkerRole.PREFILL for w in workers) or \
+                not any(w.healthy and w.role is WorkerRole.DECODE for w in workers):
+            return                                  # wait for a restart (requests keep their deadline)
+        states = tuple(t.state for t in self.tracked.values() if t.where is not Where.DONE)
+        plan = self.scheduler.schedule(Snapshot(self._now(), states, workers))
+        self.overload = plan.overload.value
+        for a in plan.actions:
+            self.actions[a.value] += 1
+        for d in plan.decisions:
+            t = self.tracked.get(d.request_id)
+            if t is None or d.request_id not in self.pending or d.kind is DecisionKind.DEFER:
+                continue
+            self.pending.discard(d.request_id)
+            lane = self._lane(d.lane.value)
+            if d.kind is DecisionKind.REJECT:
+                lane["rejected"] += 1
+                self._fail(d.request_id, ErrorKind.REJECTED, f"rejected: {d.reason or 'over capacity'}",
+                           d.retry_after_s if d.retry_after_s is not None else 1.0)
+                continue
+            lane["admitted" if d.kind is DecisionKind.ADMIT else "best_effort"] += 1
+            self._emit(t.id, t.admitted(d, time.monotonic()))
+            self._affinity(t)
+            self.totals["prompt_tokens"] += len(t.req.prompt_token_ids)
+            self._enqueue(t)
+        for rid in plan.preempt:
+            t = self.tracked.get(rid)
+            if t is not None and t.where is Where.DECODE:
+                asyncio.get_running_loop().create_task(self._recompute(t, "preempted"))
+
+    def _affinity(self, t: Tracked) -> None:
+        sid = t.req.session_id
+        if not (sid and self.config.session_affinity):
+            return
+        want = self.sessions.get(sid) or self.ring.pick(sid, self._dead(WorkerRole.DECODE))
+        if want and want != t.decode_worker and affinity_ok(self._load(self.slots[want]), len(t.tokens) +
+                                                            t.stage_max_tokens()):
+            t.decode_worker = want
+        self.sessions[sid] = t.decode_worker
+
+    def _dead(self, role: WorkerRole) -> set[str]:
+        return {s.id for s in self.slots.values() if s.role is role and not s.healthy}
+
+    def _load(self, s: WorkerSlot) -> WorkerLoad:
+        return WorkerLoad(s.id, s.healthy, s.queued_tokens, s.context_tokens, s.kv_capacity_tokens)
+
+    def _enqueue(self, t: Tracked) -> None:
+        """Queue ``t`` for prefill (its planned worker if healthy, else the least loaded)."""
+        pw = t.prefill_worker
+        if pw not in self.queues or not self.slots[pw].healthy:
+            pw = pick_prefill(self._load(s) for s in self.slots.values() if s.role is WorkerRole.PREFILL) or pw
+        t.prefill_worker, t.where = pw, Where.QUEUED
+        self.queues[pw].append(t.id)
+        slot = self.slots[pw]
+        slot.queued_tokens += len(t.tokens)
+        slot.wake.set()
+
+    # ---- prefill ----------------------------------------------------------------------------------
+    def _take_batch(self, slot: WorkerSlot) -> list[Tracked]:
+        q = self.queues[slot.id]
+        live = [self.tracked[r] for r in q if r in self.tracked and self.tracked[r].where is Where.QUEUED]
+        live.sort(key=lambda t: (t.admission != "admitted", t.state.ttft_deadline_s, t.arrival))
+        batch, tokens = [], 0
+        for t in live:
+            if batch and tokens + len(t.tokens) > self.config.prefill_batch_tokens:
+                break
+            batch.append(t)
+            tokens += len(t.tokens)
+        taken = {t.id for t in batch}
+        self.queues[slot.id] = [r for r in q if r in self.tracked and r not in taken
+                                and self.tracked[r].where is Where.QUEUED]
+        return batch
+
+    async def _prefill_loop(self, slot: WorkerSlot) -> None:
+        cfg = self.config
+        while True:
+            if not slot.healthy or not self.queues[slot.id]:
+                slot.wake.clear()
+                if not slot.healthy:
+                    self._requeue_all(slot)
+                try:
+                    await asyncio.wait_for(slot.wake.wait(), 0.5)
+                except asyncio.TimeoutError:
+                    pass
+                continue
+            batch = self._take_batch(slot)
+            if not batch:
+                continue
+            for t in batch:
+                t.where = Where.PREFILL
+            items = [PrefillItem(t.id, tuple(t.prompt_for_prefill()), t.params()) for t in batch]
+            try:
+                out = await slot.call("prefill_batch", items, cfg.prefill_timeout_s,
+                                      timeout_s=cfg.prefill_timeout_s + 5)
+            except WorkerDied:
+                for t in batch:
+                    slot.queued_tokens -= len(t.tokens)
+                    await self._retry(t, f"prefill worker {slot.id} died")
+                continue
+            except Exception as exc:               # the call itself failed: fail its requests
+                for t in batch:
+                    slot.queued_tokens -= len(t.tokens)
+                    self._fail(t.id, ErrorKind.INTERNAL, f"prefill failed: {type(exc).__name__}: {exc}")
+                continue
+            slot.busy(out.seconds)
+            self._observe(out.steps)
+            for t, o in zip(batch, out.outcomes):
+                slot.queued_tokens -= len(t.tokens)
+                self._after_prefill(slot, t, o)
+
+    def _after_prefill(self, slot: WorkerSlot, t: Tracked, o: PrefillResult | PrefillError) -> None:
+        if isinstance(o, PrefillError):
+            self._fail(t.id, ErrorKind.INVALID, o.message)
+            return
+        if t.cancelled or t.id not in self.tracked:
+            if o.ticket is not None:
+                asyncio.get_running_loop().create_task(self._withdraw(slot, t.id))
+            return
+        self._token_out(t, [o.first_token], o.first_text)
+        if o.finished:
+            self._stage_end(t, o.finish_reason or "stop")
+            return
+        t.where = Where.HANDOFF
+        asyncio.get_running_loop().create_task(self._handoff(slot, t, o))
+
+    async def _withdraw(self, slot: WorkerSlot, rid: str) -> None:
+        try:
+            await slot.call("withdraw", rid, timeout_s=self.config.step_timeout_s)
+        except WorkerDied:
+            pass
+
+    def _requeue_all(self, slot: WorkerSlot) -> None:
+        q, self.queues[slot.id] = self.queues[slot.id], []
+        slot.queued_tokens = 0
+        for rid in q:
+            t = self.tracked.get(rid)
+            if t is not None and t.where is Where.QUEUED:
+                self._enqueue(t)
+
+    # ---- handoff -----------------------------------------------------------------------------------
+    async def _handoff(self, pslot: WorkerSlot, t: Tracked, o: PrefillResult) -> None:
+        cfg = self.config
+        dw = t.decode_worker
+        if dw not in self.slots or not self.slots[dw].healthy:
+            dw = pick_decode((self._load(s) for s in self.slots.values() if s.role is WorkerRole.DECODE),
+                             len(t.tokens) + t.stage_max_tokens())
+        if dw is None:
+            await self._withdraw(pslot, t.id)
+            await self._retry(t, "no healthy decode worker")
+            return
+        slot = self.slots[dw]
+        t.decode_worker = dw
+        num_prompt = len(t.tokens) - 1                     # the first token is not prompt
+        params = t.params()
+        params["max_tokens"] = params["max_tokens"] + 1   # the engine counts the handed-over first token
+        try:
+            res = await slot.call("start", o.ticket, list(t.tokens), num_prompt, params,
+                                  timeout_s=cfg.pull_deadline_s * (cfg.max_retries + 2) + 5)
+        except WorkerDied:
+            await self._withdraw(pslot, t.id)
+            await self._retry(t, f"decode worker {dw} died during the handoff")
+            return
+        except Exception as exc:
+            await self._withdraw(pslot, t.id)
+            self._fail(t.id, ErrorKind.INTERNAL, f"handoff failed: {type(exc).__name__}: {exc}")
+            return
+        asyncio.get_running_loop().create_task(self._sweep(pslot))    # free the confirmed offer now
+        if res.decision is None:
+            self._account_transfer(o.ticket.nbytes, res.seconds, len(t.tokens) - 1)
+            if t.cancelled or t.id not in self.tracked:
+                await self._abort_on(slot, t.id)
+                return
+            t.where = Where.DECODE
+            self._join_decode(slot, t)
+        elif res.decision is HandoffDecision.RECOMPUTE:
+            await self._retry(t, f"KV transfer failed: {'; '.join(res.errors)[:200]}")
+        else:
+            self._fail(t.id, ErrorKind.INTERNAL, f"KV transfer failed: {'; '.join(res.errors)[:200]}")
+
+    async def _sweep(self, slot: WorkerSlot) -> None:
+        try:
+            await slot.call("sweep", timeout_s=self.config.step_timeout_s)
+        except Exception:
+            pass
+
+    def _account_transfer(self, nbytes: int, seconds: float, tokens: int) -> None:
+        kv = self.kv
+        kv["bytes"] += nbytes
+        kv["count"] += 1
+        kv["seconds"] += seconds
+        kv["bytes_per_token"] = nbytes / max(tokens, 1)
+
+    # ---- decode ------------------------------------------------------------------------------------
+    def _join_decode(self, slot: WorkerSlot, t: Tracked) -> None:
+        slot.running.add(t.id)
+        slot.context_tokens += len(t.tokens) + t.stage_max_tokens()
+        slot.wake.set()
+
+    def _leave_decode(self, slot: WorkerSlot, t: Tracked) -> None:
+        if t.id in slot.running:
+            slot.running.discard(t.id)
+            slot.context_tokens = max(0, slot.context_tokens - len(t.tokens) - t.stage_max_tokens())
+
+    async def _abort_on(self, slot: WorkerSlot, rid: str) -> None:
+        try:
+            await slot.call("abort", rid, timeout_s=self.config.step_timeout_s)
+        except WorkerDied:
+            pass
+
+    async def _decode_loop(self, slot: WorkerSlot) -> None:
+        while True:
+            if not slot.healthy or not slot.running:
+                slot.wake.clear()
+                if not slot.healthy and slot.running:
+                    for rid in list(slot.running):
+                        t = self.tracked.get(rid)
+                        slot.running.discard(rid)
+                        if t is not None:
+                            await self._retry(t, f"decode worker {slot.id} died")
+                    slot.context_tokens = 0
+                try:
+                    await asyncio.wait_for(slot.wake.wait(), 0.5)
+                except asyncio.TimeoutError:
+                    pass
+                continue
+            try:
+                rep: DecodeStep = await slot.call("step_report", timeout_s=self.config.step_timeout_s)
+            except WorkerDied:
+                continue
+            except Exception:
+                log.exception("decode step on %s failed", slot.id)
+                await asyncio.sleep(0.05)
+                continue
+            if rep.record is not None:
+                slot.busy(rep.record.seconds)
+                self._observe([rep.record])
+            for ev in rep.events:
+                t = self.tracked.get(ev.request_id)
+                if t is None or t.where is not Where.DECODE:
+                    continue
+                self._token_out(t, [ev.token], ev.text)
+                if ev.finished:
+                    self._leave_decode(slot, t)
+                    self._stage_end(t, ev.finish_reason or "stop")
+
+    def _token_out(self, t: Tracked, ids: list[int], text: str) -> None:
+        self.totals["generation_tokens"] += len(ids)
+        self._emit(t.id, t.tokens_out(ids, text, time.monotonic()))
+
+    # ---- stages --------------------------------------------------------------------------------------
+    def _stage_end(self, t: Tracked, reason: str) -> None:
+        done: StageDone = t.stage_finished(reason, time.monotonic())
+        self._emit(t.id, done)
+        if t.has_next_stage and reason != "abort":
+            asyncio.get_running_loop().create_task(self._next_stage(t))
+        else:
+            self._finish(t)
+
+    async def _next_stage(self, t: Tracked) -> None:
+        await asyncio.sleep(t.req.stages[t.stage].tool_delay_s)     # spec of stage t.stage + 1
+        if t.id not in self.tracked:
+            return
+        tokens = t.begin_next_stage(time.monotonic())
+        slot = self.slots.get(t.decode_worker or "")
+        if slot is None or not slot.healthy:
+            t.restart_prefill()
+            t.retries -= 1                      # moving a stage is not a failure
+            self._enqueue(t)
+            return
+        try:
+            await slot.call("start_local", t.id, tokens, t.params(), timeout_s=self.config.step_timeout_s)
+        except WorkerDied:
+            await self._retry(t, f"decode worker {slot.id} died between stages")
+            return
+        except Exception as exc:
+            self._fail(t.id, ErrorKind.INVALID, f"stage {t.stage}: {exc}")
+            return
+        t.where = Where.DECODE
+        self._join_decode(slot, t)
+
+    # ---- failures ----------------------------------------------------------------------------------
+    async def _retry(self, t: Tracked, why: str) -> None:
+        if t.id not in self.tracked or t.cancelled:
+            return
+        if t.retries >= self.config.max_retries:
+            self._fail(t.id, ErrorKind.INTERNAL, f"{why}; gave up after {t.retries} re-prefills")
+            return
+        self.totals["retries"] += 1
+        log.warning("request %s: %s; prefilling it again", t.id, why)
+        t.restart_prefill()
+        self._enqueue(t)
+
+    async def _recompute(self, t: Tracked, why: str) -> None:
+        slot = self.slots.get(t.decode_worker or "")
+        if slot is not None:
+            self._leave_decode(slot, t)
+            await self._abort_on(slot, t.id)
+        t.retries -= 1                          # a preemption is a policy decision, not a failure
+        await self._retry(t, why)
+
+    async def _health_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.health_interval_s)
+            for slot in self.slots.values():
+                if slot.healthy:
+                    continue
+                try:
+                    await slot.call("ready", timeout_s=self.config.health_interval_s * 2)
+                except Exception:
+                    continue
+                slot.revived()
+                log.warning("worker %s is back (restart %d)", slot.id, slot.restarts)
+            await self._poll_usage()
+
+    async def _poll_usage(self) -> None:
+        for slot in self.slots.values():
+            if not slot.healthy:
+                continue
+            try:
+                st = await slot.call("stats", timeout_s=self.config.step_timeout_s)
+            except Exception:
+                continue
+            slot.kv_usage = st.kv_usage
+
+    # ---- calibration ------------------------------------------------------------------------------
+    def _observe(self, records) -> None:
+        for r in records:
+            self.calibrator.observe(r.shape, r.seconds)
+            self._new_steps += 1
+        if self._new_steps >= self.config.refit_every and len(self.calibrator) >= self.calibrator.min_points \
+                and self.config.policy == "slo":
+            self._new_steps = 0
+            try:
+                model, _ = self.calibrator.refit()
+            except Exception:
+                log.exception("refit failed")
+                return
+            self.perf = model
+            self.scheduler.model = model if self.config.scheduler.safety_margin is None else \
+                model.with_margin(self.config.scheduler.safety_margin)
