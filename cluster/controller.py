@@ -77,6 +77,7 @@ class Controller:
         self.totals = Counter()
         self._tasks: list[asyncio.Task] = []
         self._plan_wake = asyncio.Event()
+        self._plan_errors: list[str] = []
         self._closing = False
 
     def _make_scheduler(self, perf: PerfModel):
@@ -118,6 +119,15 @@ class Controller:
 
     async def generate(self, req: GenerateRequest) -> AsyncIterator[StreamItem]:
         """Stream one request (see cluster.api). Always ends with Finished or Failed."""
+        try:
+            async for item in self._generate(req):
+                yield item
+        except Exception as exc:                     # a controller bug: end the stream, never hang it
+            log.exception("request %s failed inside the controller", req.request_id)
+            self._fail(req.request_id, ErrorKind.INTERNAL, f"{type(exc).__name__}: {exc}")
+            yield Failed(req.request_id, ErrorKind.INTERNAL, f"{type(exc).__name__}: {exc}")
+
+    async def _generate(self, req: GenerateRequest) -> AsyncIterator[StreamItem]:
         queue = asyncio.Queue()
         rid = req.request_id
         try:
@@ -200,6 +210,16 @@ class Controller:
                             self.totals["retries"], dict(tenants), self.totals["prompt_tokens"],
                             self.totals["generation_tokens"])
 
+    async def requests(self) -> list[dict]:
+        """Live requests (where each is, on which workers, retries): for operators and tests."""
+        return [{"id": t.id, "where": t.where.value, "stage": t.stage, "prefill_worker": t.prefill_worker,
+                 "decode_worker": t.decode_worker, "retries": t.retries, "tokens_out": t.completion_tokens,
+                 "age_s": round(time.monotonic() - t.arrival, 3)} for t in self.tracked.values()]
+
+    async def plan_errors(self) -> list[str]:
+        """The last few scheduling-step errors (a step that fails is skipped; this shows why)."""
+        return list(self._plan_errors)
+
     # ---- stream plumbing -------------------------------------------------------------------------
     def _lane(self, lane: str) -> Counter:
         return self.lanes.setdefault(lane, Counter())
@@ -244,8 +264,10 @@ class Controller:
             last = time.monotonic()
             try:
                 self._plan_once()
-            except Exception:                       # a planner bug must not stop the cluster
+            except Exception as exc:                # a planner bug must not stop the cluster
                 log.exception("scheduling step failed")
+                self._plan_errors.append(f"{type(exc).__name__}: {exc}")
+                del self._plan_errors[:-5]
             if self.pending:                        # deferred requests: decide again next tick
                 await asyncio.sleep(self.config.plan_interval_s)
                 self._plan_wake.set()
@@ -395,9 +417,13 @@ class Controller:
     async def _handoff(self, pslot: WorkerSlot, t: Tracked, o: PrefillResult) -> None:
         cfg = self.config
         dw = t.decode_worker
-        if dw not in self.slots or not self.slots[dw].healthy:
+        until = time.monotonic() + min(cfg.handoff_deadline_s, o.ticket.remaining()) * 0.8
+        while dw not in self.slots or not self.slots[dw].healthy:
             dw = pick_decode((self._load(s) for s in self.slots.values() if s.role is WorkerRole.DECODE),
                              len(t.tokens) + t.stage_max_tokens())
+            if dw is not None or time.monotonic() > until or t.cancelled:
+                break
+            await asyncio.sleep(0.05)               # every decode worker is restarting: wait, bounded
         if dw is None:
             await self._withdraw(pslot, t.id)
             await self._retry(t, "no healthy decode worker")
@@ -577,6 +603,14 @@ class Controller:
             slot.kv_usage = st.kv_usage
 
     # ---- calibration ------------------------------------------------------------------------------
+    def _usable(self, model: PerfModel) -> bool:
+        """A refit replaces the model only if the scheduler can plan with it (prefill costs time)."""
+        try:
+            budget = model.max_prefill_tokens(self.config.scheduler.prefill_batch_time_s)
+            return model.prefill_time(512) > model.prefill_time(1) and budget >= 1
+        except ValueError:
+            return False
+
     def _observe(self, records) -> None:
         for r in records:
             self.calibrator.observe(r.shape, r.seconds)
@@ -588,6 +622,9 @@ class Controller:
                 model, _ = self.calibrator.refit()
             except Exception:
                 log.exception("refit failed")
+                return
+            if not self._usable(model):
+                log.warning("refit rejected: the fitted model gives no usable prefill budget")
                 return
             self.perf = model
             self.scheduler.model = model if self.config.scheduler.safety_margin is None else \

@@ -48,6 +48,7 @@ class PrefillWorker:
         policy = HandoffPolicy(transfer_timeout_s=handoff_deadline_s)
         self.sender = HandoffSender(self.transport, HandoffTracker(policy), handoff_deadline_s)
         self._parked: set[str] = set()
+        self._drop_offers = 0
         self._num_prefilled = self._num_released = self._bytes_offered = 0
 
     def ready(self) -> bool:
@@ -73,6 +74,8 @@ class PrefillWorker:
         outcomes: dict[str, PrefillResult | PrefillError] = {}
         live: list[str] = []
         for item in items:
+            if item.request_id in self._parked:       # a re-prefill supersedes the request's old offer
+                self.withdraw(item.request_id)
             try:
                 params = sampling_params_from_dict(item.params)
                 self.engine.add_request(list(item.prompt_ids), params, request_id=item.request_id)
@@ -104,6 +107,9 @@ class PrefillWorker:
             return PrefillError(rid, f"KV offer failed: {type(exc).__name__}: {exc}")
         self._park(rid)
         self._bytes_offered += ticket.nbytes
+        if self._drop_offers > 0:                     # fault injection: the transfer is lost
+            self._drop_offers -= 1
+            self.transport.abort(ticket)
         return PrefillResult(rid, first.new_token_ids[0], False, ticket, seconds, first.num_cached_tokens,
                              first.new_text, None)
 
@@ -122,6 +128,11 @@ class PrefillWorker:
             if self.engine.last_step is not None:
                 steps.append(self.engine.last_step)
         return firsts
+
+    def drop_next_offers(self, count: int) -> None:
+        """Fault injection for tests and drills: the next ``count`` offers are withdrawn as soon as
+        they are made, so their receivers see a failed transfer (and the controller re-prefills)."""
+        self._drop_offers = max(0, int(count))
 
     def withdraw(self, request_id: str) -> bool:
         """Drop a parked request's offer and free its blocks now (the caller gave up on it)."""
