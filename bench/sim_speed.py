@@ -7,6 +7,9 @@
         # (default 1,000,000); prints wall time and the per-request rate, and the
         # extrapolation to 1M when N is a fraction.
 
+Both print the 1-minute load average at the end ("load_1m"): on a shared 2-core machine other
+processes slow the run down, so compare timings taken at similar loads (BENCHMARKS.md).
+
 Policy: slo (the SLO scheduler, the slowest policy to simulate); chatbot scenario; H100.
 """
 
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -28,7 +32,7 @@ def _report(name: str, res, wall: float, extra: dict) -> None:
     print(json.dumps({"bench": name, "requests": s.requests, "wall_s": round(wall, 2),
                       "engine_wall_s": round(res.sim_wall_s, 2), "attainment": round(s.attainment, 4),
                       "plans": res.engine.plans, "batches": res.engine.batches, "steps": res.engine.steps,
-                      "simulated_s": round(s.span_s, 1), **extra}))
+                      "simulated_s": round(s.span_s, 1), **extra, "load_1m": round(os.getloadavg()[0], 2)}))
 
 
 def conv1h(policy: str) -> None:

@@ -68,15 +68,29 @@ class DecodePool:
         self.context = np.zeros(n)
         self.tpot = np.full(n, math.inf)
         self.mem = np.zeros(n)
-        self.limit = {lane: np.array([memory_limit(lane, w.kv_capacity_tokens, reserve) for w in decode],
-                                     dtype=float) for lane in Lane}
+        caps, at = np.unique(np.array([w.kv_capacity_tokens for w in decode], dtype=np.int64), return_inverse=True)
+        self.limit = {lane: np.array([memory_limit(lane, int(c), reserve) for c in caps], dtype=float)[at]
+                      for lane in Lane}      # one memory_limit per distinct capacity
 
     @staticmethod
     def of(snap: Snapshot, decode: list[WorkerState], model: PerfModel, reserve: float) -> "DecodePool":
+        return DecodePool.of_admitted(_admitted(snap), decode, model, reserve)
+
+    @staticmethod
+    def of_admitted(admitted: list[RequestState], decode: list[WorkerState], model: PerfModel,
+                    reserve: float) -> "DecodePool":
+        """The loads of `admitted` (admitted, not done): what `add` per request gives, as columns
+        (the sums are of whole token counts, exact in any order, and min is order-free)."""
         pool = DecodePool(decode, model, reserve)
-        for r in snap.requests:
-            if r.admission is Admission.ADMITTED and r.phase is not Phase.DONE and r.decode_worker in pool.index:
-                pool.add(pool.index[r.decode_worker], r)
+        index = pool.index
+        on = [r for r in admitted if r.decode_worker in index]
+        if on:
+            n, at = len(pool.ids), [index[r.decode_worker] for r in on]
+            pool.seqs += np.bincount(at, minlength=n)
+            load = np.bincount(at, np.array([r.reserved_tokens for r in on], dtype=float), n)
+            pool.context += load
+            pool.mem += load
+            np.minimum.at(pool.tpot, at, [r.tightest_remaining_tpot_s for r in on])
         return pool
 
     def copy(self) -> "DecodePool":
@@ -106,6 +120,12 @@ class DecodePool:
         return int(np.argmax(np.where(fits, slack, -np.inf)))
 
 
+def _admitted(snap: Snapshot) -> list[RequestState]:
+    """The snapshot's admitted requests that are not done, in snapshot order."""
+    admitted, done = Admission.ADMITTED, Phase.DONE
+    return [r for r in snap.requests if r.admission is admitted and r.phase is not done]
+
+
 def prefill_taus(cfg: SchedulerConfig) -> list[float]:
     """Candidate prefill batch times, longest first: prefill_batch_time_s halved down to the floor."""
     out = [cfg.prefill_batch_time_s]
@@ -114,16 +134,45 @@ def prefill_taus(cfg: SchedulerConfig) -> list[float]:
     return out
 
 
+class PoolDirectives:
+    """The directives of the last step, one list per pool (prefill, decode) in worker order.
+
+    `of` returns Directive(id, mode, τ, 0, urgency) for every worker; entries whose τ did not
+    change since the last call are the same objects as then (a caller sees "unchanged" by
+    identity), and only the changed ones are built: no Python work per idle worker.
+    """
+
+    def __init__(self) -> None:
+        self._last: dict[BatchMode, tuple[list[str], bool, np.ndarray, list[Directive]]] = {}
+
+    def of(self, mode: BatchMode, ids: list[str], tau: list[float], urgency: bool = False) -> list[Directive]:
+        t = np.array(tau, dtype=float)
+        last = self._last.get(mode)
+        if last is None or last[0] != ids or last[1] != urgency:
+            out = [Directive(wid, mode, x, 0, urgency=urgency) for wid, x in zip(ids, tau)]
+        else:
+            out = list(last[3])
+            for i in np.flatnonzero(t != last[2]).tolist():
+                out[i] = Directive(ids[i], mode, tau[i], 0, urgency=urgency)
+        self._last[mode] = (ids, urgency, t, out)
+        return out
+
+
 def plan_pools(snap: Snapshot, workers: list[WorkerState], gated: list[tuple[RequestState, Lane]],
                values: dict[str, float], model: PerfModel, cfg: SchedulerConfig, taus: dict[str, float],
-               transfer_s: Callable[[int], float] = lambda tokens: 0.0) -> PoolResult:
-    """Admission and (prefill, decode) pairs for a disaggregated snapshot (module docstring)."""
-    prefill = [w for w in workers if w.role is WorkerRole.PREFILL]
-    decode = [w for w in workers if w.role is WorkerRole.DECODE]
+               transfer_s: Callable[[int], float] = lambda tokens: 0.0,
+               last: PoolDirectives | None = None) -> PoolResult:
+    """Admission and (prefill, decode) pairs for a disaggregated snapshot (module docstring).
+    `last`: the directives of the caller's previous step (reused where unchanged); kept up to date."""
+    last = PoolDirectives() if last is None else last
+    role_p, role_d = WorkerRole.PREFILL, WorkerRole.DECODE
+    prefill = [w for w in workers if w.role is role_p]
+    decode = [w for w in workers if w.role is role_d]
     if not prefill or not decode or len(prefill) + len(decode) != len(workers):
         raise ValueError("a disaggregated snapshot needs prefill and decode workers and no colocated ones")
     reserve = cfg.interactive_kv_reserve
-    loads = DecodePool.of(snap, decode, model, reserve)
+    live = _admitted(snap)
+    loads = DecodePool.of_admitted(live, decode, model, reserve)
     screen = loads.copy()
     ok: list[tuple[RequestState, Lane]] = []
     for r, lane in sorted(gated, key=lambda x: x[0].ttft_deadline_s):
@@ -134,31 +183,37 @@ def plan_pools(snap: Snapshot, workers: list[WorkerState], gated: list[tuple[Req
             moved = replace(r, stage_arrival_s=r.arrived_s - transfer_s(r.current.input_tokens))
             ok.append((moved, lane))
     # route to prefill workers: least outstanding prefill tokens first
-    load = {w.id: 0 for w in prefill}
-    forced: dict[str, list[RequestState]] = {w.id: [] for w in prefill}
-    for r in snap.requests:
-        if r.admission is Admission.ADMITTED and r.phase is not Phase.DONE and r.prefill_worker in forced:
-            forced[r.prefill_worker].append(r)
+    pids = [w.id for w in prefill]
+    load = dict.fromkeys(pids, 0)
+    # admitted work still to prefill (or between stages), by worker; the others add 0 to load
+    forced: dict[str, list[RequestState]] = {}
+    waiting, tool_wait = Phase.WAITING, Phase.TOOL_WAIT
+    for r in live:
+        if (r.phase is waiting or r.phase is tool_wait) and r.prefill_worker in load:
+            forced.setdefault(r.prefill_worker, []).append(r)
             load[r.prefill_worker] += r.remaining_prefill
-    routed: dict[str, list[tuple[RequestState, Lane]]] = {w.id: [] for w in prefill}
-    heap = [(v, i, wid) for i, (wid, v) in enumerate(load.items())]   # least load, then worker order
-    heapq.heapify(heap)
-    for r, lane in ok:
-        v, i, wid = heapq.heappop(heap)
-        routed[wid].append((r, lane))
-        heapq.heappush(heap, (v + r.remaining_prefill, i, wid))
+    routed: dict[str, list[tuple[RequestState, Lane]]] = {}
+    if ok:
+        heap = [(v, i, wid) for i, (wid, v) in enumerate(load.items())]   # least load, then worker order
+        heapq.heapify(heap)
+        for r, lane in ok:
+            v, i, wid = heapq.heappop(heap)
+            routed.setdefault(wid, []).append((r, lane))
+            heapq.heappush(heap, (v + r.remaining_prefill, i, wid))
     admitted_p: dict[str, str] = {}
     deferred: set[str] = set()
     at_risk: list[str] = []
-    directives: list[Directive] = []
     ladder = prefill_taus(cfg)
-    for w in prefill:
-        tau_p = taus.get(w.id, ladder[0])
-        f = [r for r in forced[w.id] if r.phase in (Phase.WAITING, Phase.TOOL_WAIT)]
+    tau_ps = [taus.get(wid, ladder[0]) for wid in pids]     # a worker with nothing to plan keeps its τ
+    at = {wid: i for i, wid in enumerate(pids)}
+    for k in sorted(at[wid] for wid in forced.keys() | routed.keys()):
+        w = prefill[k]
+        tau_p = tau_ps[k]
+        f = forced.get(w.id, [])
         rows = [row_for(r, True, False, True, 0, math.inf, 0.0) for r in f]
         rows += [row_for(r, False, False, True, r.reserved_tokens,
                          memory_limit(lane, w.kv_capacity_tokens, reserve), values[r.id])
-                 for r, lane in routed[w.id]]
+                 for r, lane in routed.get(w.id, ())]
         if rows:
             used = sum(r.reserved_tokens for r in f)
             res = plan_worker(to_items(rows), model, max(snap.now_s, w.busy_until_s), used, ladder,
@@ -167,8 +222,8 @@ def plan_pools(snap: Snapshot, workers: list[WorkerState], gated: list[tuple[Req
             admitted_p.update({rid: w.id for rid in res.admitted})
             deferred |= set(res.deferred)
             at_risk += list(res.at_risk)
-        taus[w.id] = tau_p
-        directives.append(Directive(w.id, BatchMode.PREFILL_ONLY, tau_p, 0, urgency=cfg.urgency_order))
+        tau_ps[k] = tau_p
+    taus.update(zip(pids, tau_ps))
     admitted: dict[str, tuple[str, str]] = {}
     for r, lane in ok:
         if r.id in admitted_p:
@@ -176,9 +231,9 @@ def plan_pools(snap: Snapshot, workers: list[WorkerState], gated: list[tuple[Req
             if i is not None:
                 loads.add(i, r)
                 admitted[r.id] = (admitted_p[r.id], loads.ids[i])
-    for i, w in enumerate(decode):
-        t = float(loads.tpot[i])
-        tau = t if math.isfinite(t) else cfg.idle_batch_time_s
-        taus[w.id] = tau
-        directives.append(Directive(w.id, BatchMode.DECODE_ONLY, tau, 0))
+    idle = cfg.idle_batch_time_s
+    tau_ds = [t if math.isfinite(t) else idle for t in loads.tpot.tolist()]
+    taus.update(zip(loads.ids, tau_ds))
+    directives = (last.of(BatchMode.PREFILL_ONLY, pids, tau_ps, cfg.urgency_order)
+                  + last.of(BatchMode.DECODE_ONLY, loads.ids, tau_ds))
     return PoolResult(admitted, deferred, directives, at_risk)

@@ -93,25 +93,29 @@ class _Run:
     ok: np.ndarray          # row allowed in this run (tier and individual feasibility)
 
 
-def _prepare(items: DpItems, model: PerfModel, tau: float, start: float) -> _Run:
-    b = model.budget(tau)
-    cap = b.tokens - b.per_chunk
+def _prepare(items: DpItems, model: PerfModel, taus: list[float], start: float) -> list[_Run]:
+    """One run per batch time in `taus`, all computed at once: row k of each (taus × rows)
+    array is exactly what the same elementwise formulas give for taus[k] alone."""
+    bs = [model.budget(tau) for tau in taus]
+    cols = np.array([(t, b.per_chunk, b.per_pair, b.per_decode, b.per_context) for t, b in zip(taus, bs)],
+                    dtype=float)
+    tau, per_chunk, per_pair, per_decode, per_context = (cols[:, k:k + 1] for k in range(5))
     p = items.prefill.astype(float)
-    dem = np.where(p > 0, p + b.per_pair * items.pairs + b.per_chunk, 0.0)
+    dem = np.where(p > 0, p + per_pair * items.pairs + per_chunk, 0.0)
     with np.errstate(invalid="ignore"):
         n = np.where(p > 0, np.floor((items.deadline - start) / tau + EPS), np.inf)
-    dec = np.where(items.decodes, b.per_decode + b.per_context * items.decode_ctx, 0.0)
+    dec = np.where(items.decodes, per_decode + per_context * items.decode_ctx, 0.0)
     if items.future_tokens.size:
         ft = items.future_tokens.astype(float)
-        slots = np.floor(items.future_ttft / tau + EPS) - 1.0
-        need = ft + b.per_pair * items.future_pairs + b.per_chunk
+        slots = np.floor(items.future_ttft / tau[:, :, None] + EPS) - 1.0
+        need = ft + per_pair[:, :, None] * items.future_pairs + per_chunk[:, :, None]
         with np.errstate(divide="ignore", invalid="ignore"):
             rate = np.where(ft > 0, np.where(slots >= 1, need / slots, np.inf), 0.0)
-        w = np.maximum(dec, rate.max(axis=1))
+        w = np.maximum(dec, rate.max(axis=2))
     else:
         w = dec
-    ok = (items.tpot >= tau - EPS) & ((p == 0) | (n >= 1)) & np.isfinite(w)
-    return _Run(tau, b, cap, dem, n, w, ok | items.forced)
+    ok = ((items.tpot >= tau - EPS) & ((p == 0) | (n >= 1)) & np.isfinite(w)) | items.forced
+    return [_Run(t, b, b.tokens - b.per_chunk, dem[k], n[k], w[k], ok[k]) for k, (t, b) in enumerate(zip(taus, bs))]
 
 
 def _prune(labels: list[tuple], keep: int) -> list[tuple]:
@@ -216,8 +220,7 @@ def plan_worker(items: DpItems, model: PerfModel, start_s: float, mem_used: floa
     head = order[in_head].tolist()
     tail = order[~in_head]
     best = None
-    for tau in sorted(set(taus)):
-        run = _prepare(items, model, tau, start_s)
+    for run in _prepare(items, model, sorted(set(taus)), start_s):
         lab = _dp(run, items, head, mem_used, labels)
         key = (lab[3] >= lab[2] - EPS, lab[0], lab[3] - lab[2])   # keep the admitted on track first
         if best is None or key > best[0]:
@@ -259,8 +262,10 @@ def _repair(run: _Run, items: DpItems, chosen: set[int], left: set[int], limit: 
     the most per unit of value (its prefill if its deadline is not later than j's, plus N_j·w).
     Forced rows are never dropped; `left` (deferred) rows are not part of the set.
     """
-    forced = set(np.flatnonzero(items.forced).tolist()) - left
     dropped: set[int] = set()
+    if all(items.forced[i] for i in chosen):
+        return dropped                  # only forced rows: nothing can be dropped
+    forced = set(np.flatnonzero(items.forced).tolist()) - left
     for _ in range(limit):
         rows, slack = _slack(run, items, np.array(sorted(chosen | forced), dtype=int))
         bad = np.flatnonzero(slack < -1e-6)

@@ -24,7 +24,7 @@ from typing import Callable
 import numpy as np
 
 from router.config import SchedulerConfig
-from router.disagg import plan_pools
+from router.disagg import PoolDirectives, plan_pools
 from router.dp import plan_worker
 from router.items import candidates, merge, row_for
 from router.perf_model import PerfModel
@@ -91,23 +91,26 @@ class SloScheduler(Scheduler):
         self.tenants = TenantLimiter(self.config)
         self._rate_passed: set[str] = set()
         self._tau: dict[str, float] = {}
+        self._directives = PoolDirectives()              # the last step's disaggregated directives
 
     # ---- 1. signals ----------------------------------------------------------------------
     def _signals(self, snap: Snapshot, pend: "_Pending", admitted: list[RequestState],
                  best: list[RequestState]) -> Signals:
         now = snap.now_s
-        waiting = [r for r in admitted if r.phase is Phase.WAITING and r.remaining_prefill > 0]
-        best_waiting = [r for r in best if r.phase is Phase.WAITING]
+        phase_w = Phase.WAITING
+        waiting = [r for r in admitted if r.phase is phase_w and r.remaining_prefill > 0]
+        best_waiting = [r for r in best if r.phase is phase_w]
         waiting += best_waiting
         first = min(([float(pend.arrival.min())] if len(pend.arrival) else [])
                     + [r.arrived_s for r in best_waiting], default=now)
-        cap = sum(w.kv_capacity_tokens for w in snap.workers)
-        used = sum(r.reserved_tokens for r in admitted)
+        cap = sum([w.kv_capacity_tokens for w in snap.workers])
+        used = sum([r.reserved_tokens for r in admitted])
         per_tau: dict[float, float] = {}         # one throughput per distinct batch time
         rate = 0.0
+        tau_of, idle, decode = self._tau.get, self.config.idle_batch_time_s, WorkerRole.DECODE
         for w in snap.workers:
-            if w.role is not WorkerRole.DECODE:
-                tau = self._tau.get(w.id, self.config.idle_batch_time_s)
+            if w.role is not decode:
+                tau = tau_of(w.id, idle)
                 v = per_tau.get(tau)
                 if v is None:
                     v = per_tau[tau] = prefill_tokens_per_s(self.model, tau)
@@ -132,15 +135,15 @@ class SloScheduler(Scheduler):
                    if lim.requests_per_s or lim.tokens_per_s or lim.max_concurrent}
         default_limited = bool(cfg.default_tenant.requests_per_s or cfg.default_tenant.tokens_per_s
                                or cfg.default_tenant.max_concurrent)
-        active: dict[str, int] = {}
-        for r in live:
-            active[r.request.tenant] = active.get(r.request.tenant, 0) + 1
         pending, n = pend.states, len(pend.states)
         lanes, rejected = choose_lanes(pend.requests, cfg.cost, pend.prompt)
         too_long = pend.prompt > cfg.max_prompt_tokens
         if not (reject_others or pause_bg or cap_tokens or limited or default_limited
                 or rejected.any() or too_long.any()):
             return list(zip(pending, lanes))          # nothing to screen: the common case
+        active: dict[str, int] = {}
+        for r in live:
+            active[r.request.tenant] = active.get(r.request.tenant, 0) + 1
         inter = np.fromiter((lane is Lane.INTERACTIVE for lane in lanes), bool, n)
         bg = np.fromiter((lane is Lane.BACKGROUND for lane in lanes), bool, n)
         others = ~too_long & ~rejected & ~inter & reject_others
@@ -234,19 +237,21 @@ class SloScheduler(Scheduler):
         if not workers:
             raise ValueError("no healthy worker in the snapshot")
         pending, admitted_live, best = [], [], []
+        done, waiting = Phase.DONE, Phase.WAITING          # (locals: this runs per request per step)
+        a_pending, a_admitted, a_best = Admission.PENDING, Admission.ADMITTED, Admission.BEST_EFFORT
         for r in snap.requests:
-            if r.phase is Phase.DONE:
+            if r.phase is done:
                 continue
             a = r.admission
-            if a is Admission.PENDING:
+            if a is a_pending:
                 pending.append(r)
-            elif a is Admission.ADMITTED:
+            elif a is a_admitted:
                 admitted_live.append(r)
-            elif a is Admission.BEST_EFFORT:
+            elif a is a_best:
                 best.append(r)
         by_worker: dict[str, list[RequestState]] = {w.id: [] for w in snap.workers}
         for r in admitted_live + best:
-            wid = r.decode_worker if r.phase is not Phase.WAITING and r.decode_worker else r.prefill_worker
+            wid = r.decode_worker if r.phase is not waiting and r.decode_worker else r.prefill_worker
             if wid in by_worker:
                 by_worker[wid].append(r)
         pend = _Pending.of(pending)
@@ -259,15 +264,14 @@ class SloScheduler(Scheduler):
         fair = fairness_factors(usage, {r.request.tenant for r, _ in gated}, cfg)
         lane_value = {lane: c.value for lane, c in cfg.lanes.items()}
         values = [lane_value[lane] * fair[r.request.tenant] for r, lane in gated]
-        roles = {w.role for w in workers}
-        if WorkerRole.PREFILL in roles or WorkerRole.DECODE in roles:
+        if any(w.role is not WorkerRole.COLOCATED for w in workers):    # a prefill or decode worker
             res = plan_pools(snap, workers, gated, dict(zip((r.id for r, _ in gated), values)),
-                             self.model, cfg, self._tau, self.transfer_s)
+                             self.model, cfg, self._tau, self.transfer_s, self._directives)
             admitted, deferred, directives, at_risk = res.admitted, res.deferred, res.directives, res.at_risk
         else:
             admitted, deferred, directives, at_risk = self._admit_colocated(snap, workers, by_worker, gated, values)
         decisions += self._decide(workers, by_worker, gated, admitted, deferred)
-        preempt = self._preempt(workers, by_worker, gated, admitted)
+        preempt = self._preempt(workers, by_worker, gated, admitted) if best else []   # best effort only
         if FallbackAction.PAUSE_BACKGROUND in self.overload.actions:
             preempt += [r.id for r in best if r.request.lane is Lane.BACKGROUND and r.id not in preempt
                         and (r.context_tokens > 0 or r.phase is not Phase.WAITING)]
@@ -291,11 +295,17 @@ class SloScheduler(Scheduler):
                     free[pw[1]] -= reserved[rid]
             return free
 
-        targets = [w for w in workers if w.role is not WorkerRole.DECODE]
-        decoders = [w for w in workers if w.role is WorkerRole.DECODE]
+        split: list = []
+
+        def roles() -> list:                    # (targets, decoders, one), also built lazily
+            if not split:
+                targets = [w for w in workers if w.role is not WorkerRole.DECODE]
+                decoders = [w for w in workers if w.role is WorkerRole.DECODE]
+                split.extend((targets, decoders, targets[0] if len(targets) == 1 and len(decoders) <= 1 else None))
+            return split
+
         lanes = self.config.lanes
         out = []
-        one = targets[0] if len(targets) == 1 and len(decoders) <= 1 else None
         for r, lane in gated:
             rid = r.request.id
             pw = admitted.get(rid)
@@ -308,6 +318,7 @@ class SloScheduler(Scheduler):
                                     retry_after_s=self.config.overload.retry_after_s))
             else:
                 fr = free_kv()
+                targets, decoders, one = roles()
                 w = one or max(targets, key=lambda w: fr[w.id])
                 dw = (max(decoders, key=lambda x: fr[x.id]).id if decoders else w.id)
                 fr[w.id] -= r.reserved_tokens if one is None else 0
