@@ -95,8 +95,11 @@ def build_cluster(config: ClusterConfig, controller_name: str | None = None) -> 
     transport = _transport(config)
     groups, actors = [], {}
     try:
-        pools = {"p": (PrefillWorker, config.prefill_workers, config.prefill_resources),
-                 "d": (DecodeWorker, config.decode_workers, config.decode_resources)}
+        if config.colocated_workers:
+            pools = {"c": (DecodeWorker, config.colocated_workers, config.colocated_resources)}
+        else:
+            pools = {"p": (PrefillWorker, config.prefill_workers, config.prefill_resources),
+                     "d": (DecodeWorker, config.decode_workers, config.decode_resources)}
         for prefix, (cls, n, res) in pools.items():
             bundle = {"CPU": res.num_cpus, **({"GPU": res.num_gpus} if res.num_gpus else {})}
             pg = placement_group([bundle] * n, strategy="PACK")
@@ -116,13 +119,14 @@ def build_cluster(config: ClusterConfig, controller_name: str | None = None) -> 
         stats = dict(zip(actors, ray.get([a.stats.remote() for a in actors.values()],
                                          timeout=config.ready_timeout_s)))
         capacities = {w: s.kv_capacity_tokens for w, s in stats.items()}
-        perf = _calibrate(config, actors["p0"])
+        perf = _calibrate(config, actors.get("p0") or actors.get("c0"))
         info = ModelInfo(config.served_model_name or Path(path).name, path,
                          min(spec.max_model_len, config.max_model_len or spec.max_model_len), spec.vocab_size)
         controller = ray.remote(Controller).options(num_cpus=0, max_concurrency=10_000, name=controller_name,
                                                     get_if_exists=False).remote(
             config, {w: a for w, a in actors.items() if w.startswith("p")},
-            {w: a for w, a in actors.items() if w.startswith("d")}, info, perf, capacities)
+            {w: a for w, a in actors.items() if w.startswith("d")}, info, perf, capacities,
+            {w: a for w, a in actors.items() if w.startswith("c")})
         ray.get(controller.start.remote(), timeout=config.ready_timeout_s)
     except BaseException:
         for a in actors.values():
@@ -136,12 +140,13 @@ def build_cluster(config: ClusterConfig, controller_name: str | None = None) -> 
 
 
 def _calibrate(config: ClusterConfig, worker):
-    """Fit the batch-time model on prefill worker 0, or a conservative placeholder without steps."""
+    """Fit the batch-time model on prefill worker 0 (colocated clusters: on worker c0), or a
+    conservative placeholder without steps."""
     import ray
 
     from router.perf_model import AffinePiece, PerfModel
 
-    if config.calibration_steps >= 32:
+    if config.calibration_steps >= 32 and worker is not None:
         result = ray.get(worker.calibrate.remote(config.calibration_steps), timeout=config.ready_timeout_s)
         return result.model
     # 1 ms per prefill token and 50 ms per step: slow on purpose; online refits replace it.

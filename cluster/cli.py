@@ -4,6 +4,7 @@
     tandem calibrate [--model PATH] [--steps N] [--json OUT]
     tandem sim --trace FILE --scenario NAME --policy P --prefill N --decode M ... --json OUT
     tandem model fetch | path
+    tandem serve [--config FILE] [--http-port N] [--grpc-port N]   (see cluster.serve_cmd)
 
 ``generate`` streams the generated text to stdout as it is produced; everything else (load
 times, throughput, errors) goes to stderr. Without ``--model`` it uses the embedded default
@@ -54,6 +55,10 @@ def _parser() -> argparse.ArgumentParser:
 
     sim_cli.add_parser(sub)
 
+    from cluster import serve_cmd
+
+    serve_cmd.add_parser(sub)
+
     model = sub.add_parser("model", help="manage the embedded default model")
     model.add_argument("action", choices=["fetch", "path"])
     return parser
@@ -70,6 +75,10 @@ def main(argv: list[str] | None = None) -> int:
             from sim import cli as sim_cli
 
             return sim_cli.run(args)
+        if args.command == "serve":
+            from cluster import serve_cmd
+
+            return serve_cmd.run(args)
         return _model(args)
     except (ValueError, FileNotFoundError) as exc:  # bad input: one clear line, status 2
         _eprint(f"tandem: error: {_one_line(exc)}")

@@ -40,11 +40,13 @@ class ClusterConfig(BaseModel):
     served_model_name: str | None = None
     prefill_workers: int = Field(1, ge=1, le=256)
     decode_workers: int = Field(1, ge=1, le=256)
+    colocated_workers: int = Field(0, ge=0, le=256)   # > 0: no prefill/decode split (the baseline)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     kernels: Literal["auto", "torch", "triton"] = "auto"
     prefill_resources: WorkerResources = WorkerResources()
     decode_resources: WorkerResources = WorkerResources()
+    colocated_resources: WorkerResources = WorkerResources()
     num_blocks: int | None = Field(None, ge=16)
     block_size: int = Field(16, ge=1)
     max_num_batched_tokens: int = Field(2048, ge=16)

@@ -54,13 +54,19 @@ class Controller:
     """See the module docstring. Built by ``cluster.builder``; callers use ``cluster.handle``."""
 
     def __init__(self, config: ClusterConfig, prefill: dict, decode: dict, info: ModelInfo, perf: PerfModel,
-                 capacities: dict[str, int]):
+                 capacities: dict[str, int], colocated: dict | None = None):
+        """``prefill``/``decode``/``colocated``: worker id → actor handle. A colocated worker is a
+        decode worker that also runs its requests' prefill (``start_local``); a cluster has either
+        colocated workers only, or prefill and decode pools."""
         self.config, self.info, self.perf = config, info, perf
         self.slots: dict[str, WorkerSlot] = {}
-        for role, handles in ((WorkerRole.PREFILL, prefill), (WorkerRole.DECODE, decode)):
+        colocated = colocated or {}
+        for role, handles in ((WorkerRole.PREFILL, prefill), (WorkerRole.DECODE, decode),
+                              (WorkerRole.COLOCATED, colocated)):
             for wid, h in handles.items():
                 self.slots[wid] = WorkerSlot(wid, role, h, capacities[wid])
-        self.ring = HashRing(decode)
+        self.ring = HashRing(decode or colocated)
+        self.decode_role = WorkerRole.COLOCATED if colocated else WorkerRole.DECODE
         self.scheduler = self._make_scheduler(perf)
         self.calibrator = Calibrator(min_points=32)
         self._new_steps = 0
@@ -183,7 +189,7 @@ class Controller:
 
     async def ready(self, deep: bool = False) -> bool:
         roles = {s.role for s in self.slots.values() if s.healthy}
-        if roles != {WorkerRole.PREFILL, WorkerRole.DECODE}:
+        if roles != {WorkerRole.PREFILL, WorkerRole.DECODE} and roles != {WorkerRole.COLOCATED}:
             return False
         if not deep:
             return True
@@ -275,8 +281,8 @@ class Controller:
     def _plan_once(self) -> None:
         workers = tuple(WorkerState(s.id, s.role, s.kv_capacity_tokens, self._now(), s.healthy)
                         for s in self.slots.values())
-        if not any(w.healthy and w.role is WorkerRole.PREFILL for w in workers) or \
-                not any(w.healthy and w.role is WorkerRole.DECODE for w in workers):
+        roles = {w.role for w in workers if w.healthy}
+        if not (WorkerRole.COLOCATED in roles or {WorkerRole.PREFILL, WorkerRole.DECODE} <= roles):
             return                                  # wait for a restart (requests keep their deadline)
         states = tuple(t.state for t in self.tracked.values() if t.where is not Where.DONE)
         plan = self.scheduler.schedule(Snapshot(self._now(), states, workers))
@@ -308,7 +314,7 @@ class Controller:
         sid = t.req.session_id
         if not (sid and self.config.session_affinity):
             return
-        want = self.sessions.get(sid) or self.ring.pick(sid, self._dead(WorkerRole.DECODE))
+        want = self.sessions.get(sid) or self.ring.pick(sid, self._dead(self.decode_role))
         if want and want != t.decode_worker and affinity_ok(self._load(self.slots[want]), len(t.tokens) +
                                                             t.stage_max_tokens()):
             t.decode_worker = want
@@ -321,7 +327,22 @@ class Controller:
         return WorkerLoad(s.id, s.healthy, s.queued_tokens, s.context_tokens, s.kv_capacity_tokens)
 
     def _enqueue(self, t: Tracked) -> None:
-        """Queue ``t`` for prefill (its planned worker if healthy, else the least loaded)."""
+        """Queue ``t`` for prefill (its planned worker if healthy, else the least loaded); on a
+        colocated cluster, or for a session turn whose prefix the decode worker caches, run the
+        prefill on the decode worker itself."""
+        loop = asyncio.get_running_loop()
+        if self.decode_role is WorkerRole.COLOCATED:
+            t.where = Where.QUEUED
+            loop.create_task(self._colocated_start(t))
+            return
+        if t.req.session_id and self.config.session_affinity and t.decode_worker in self.slots \
+                and t.stage == 0 and not t.retries:
+            t.where = Where.QUEUED
+            loop.create_task(self._session_start(t))
+            return
+        self._queue_prefill(t)
+
+    def _queue_prefill(self, t: Tracked) -> None:
         pw = t.prefill_worker
         if pw not in self.queues or not self.slots[pw].healthy:
             pw = pick_prefill(self._load(s) for s in self.slots.values() if s.role is WorkerRole.PREFILL) or pw
@@ -413,13 +434,57 @@ class Controller:
             if t is not None and t.where is Where.QUEUED:
                 self._enqueue(t)
 
+    # ---- prefill on the decode worker ---------------------------------------------------------------
+    async def _colocated_start(self, t: Tracked) -> None:
+        wid = t.decode_worker
+        if wid not in self.slots or not self.slots[wid].healthy:
+            wid = pick_decode((self._load(s) for s in self.slots.values() if s.role is self.decode_role),
+                              len(t.tokens) + t.stage_max_tokens())
+        if wid is None:
+            await asyncio.sleep(0.1)                # every worker is restarting: the retry budget decides
+            await self._retry(t, "no healthy worker")
+            return
+        t.decode_worker = t.prefill_worker = wid
+        await self._start_local(self.slots[wid], t, list(t.tokens))
+
+    async def _session_start(self, t: Tracked) -> None:
+        """A session turn: prefill on its decode worker if that worker caches most of the prompt."""
+        slot = self.slots[t.decode_worker]
+        try:
+            cached = await slot.call("cached_prefix_tokens", list(t.tokens), timeout_s=self.config.step_timeout_s)
+        except Exception:
+            cached = 0
+        if t.id not in self.tracked:
+            return
+        if slot.healthy and cached >= self.config.local_prefill_fraction * len(t.tokens):
+            self.totals["session_local_prefills"] += 1
+            await self._start_local(slot, t, list(t.tokens))
+        else:
+            self._queue_prefill(t)
+
+    async def _start_local(self, slot: WorkerSlot, t: Tracked, tokens: list[int]) -> None:
+        """Run ``t``'s current prefill on ``slot`` (prefix cache first); tokens arrive as decode events."""
+        try:
+            await slot.call("start_local", t.id, tokens, t.params(), timeout_s=self.config.step_timeout_s)
+        except WorkerDied:
+            await self._retry(t, f"worker {slot.id} died before the prefill started")
+            return
+        except Exception as exc:
+            self._fail(t.id, ErrorKind.INVALID, f"stage {t.stage}: {exc}")
+            return
+        if t.cancelled or t.id not in self.tracked:
+            await self._abort_on(slot, t.id)
+            return
+        t.where = Where.DECODE
+        self._join_decode(slot, t)
+
     # ---- handoff -----------------------------------------------------------------------------------
     async def _handoff(self, pslot: WorkerSlot, t: Tracked, o: PrefillResult) -> None:
         cfg = self.config
         dw = t.decode_worker
         until = time.monotonic() + min(cfg.handoff_deadline_s, o.ticket.remaining()) * 0.8
         while dw not in self.slots or not self.slots[dw].healthy:
-            dw = pick_decode((self._load(s) for s in self.slots.values() if s.role is WorkerRole.DECODE),
+            dw = pick_decode((self._load(s) for s in self.slots.values() if s.role is self.decode_role),
                              len(t.tokens) + t.stage_max_tokens())
             if dw is not None or time.monotonic() > until or t.cancelled:
                 break
@@ -547,16 +612,7 @@ class Controller:
             t.retries -= 1                      # moving a stage is not a failure
             self._enqueue(t)
             return
-        try:
-            await slot.call("start_local", t.id, tokens, t.params(), timeout_s=self.config.step_timeout_s)
-        except WorkerDied:
-            await self._retry(t, f"decode worker {slot.id} died between stages")
-            return
-        except Exception as exc:
-            self._fail(t.id, ErrorKind.INVALID, f"stage {t.stage}: {exc}")
-            return
-        t.where = Where.DECODE
-        self._join_decode(slot, t)
+        await self._start_local(slot, t, tokens)
 
     # ---- failures ----------------------------------------------------------------------------------
     async def _retry(self, t: Tracked, why: str) -> None:

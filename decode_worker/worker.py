@@ -130,6 +130,14 @@ class DecodeWorker:
         self.engine.add_request(list(token_ids), params, request_id=request_id)
         return cached
 
+    def calibrate(self, steps: int = 64, max_prompt: int = 512, max_output: int = 16, seed: int = 0):
+        """Time ``steps`` engine steps of a random mix and fit the batch-time model (idle worker only)."""
+        from engine.calibrate import calibrate
+
+        if self.engine.has_unfinished():
+            raise RuntimeError("calibrate only an idle worker")
+        return calibrate(self.engine, steps=steps, max_prompt=max_prompt, max_output=max_output, seed=seed)
+
     def cached_prefix_tokens(self, token_ids: list[int]) -> int:
         """Leading tokens of ``token_ids`` whose KV this worker's prefix cache holds now."""
         return self.engine.block_manager.cached_prefix_tokens(token_ids)

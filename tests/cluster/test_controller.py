@@ -111,3 +111,20 @@ def test_two_stage_request_reports_each_stage(cluster):
     assert items[-1].slo_met == all(d.slo_met for d in done)
     stats = asyncio.run(cluster.stats())
     assert stats.lanes["heavy"].completed >= 1
+
+
+def test_session_turn_prefills_on_its_decode_worker(cluster):
+    """Turn 2 of a session goes to the decode worker that served turn 1 and, its prefix being
+    cached there, skips the prefill pool."""
+    first = tuple(range(3, 70))
+    items1 = run(cluster, GenerateRequest("t1", first, {"temperature": 0, "max_tokens": 8, "ignore_eos": True},
+                                          session_id="sess-a"))[0]
+    out1 = tuple(tokens_of(items1))
+    before = ray.get(cluster.controller.stats.remote(), timeout=30)
+    turn2 = first + out1 + (7, 8, 9)
+    items2 = run(cluster, GenerateRequest("t2", turn2, {"temperature": 0, "max_tokens": 8, "ignore_eos": True},
+                                          session_id="sess-a"))[0]
+    assert isinstance(items2[-1], Finished)
+    assert items2[0].decode_worker == items1[0].decode_worker
+    after = ray.get(cluster.controller.stats.remote(), timeout=30)
+    assert after.kv_transfers == before.kv_transfers      # no handoff: prefilled where the KV lives
