@@ -59,6 +59,17 @@ def _parser() -> argparse.ArgumentParser:
 
     serve_cmd.add_parser(sub)
 
+    demo = sub.add_parser("demo", help="a local cluster on the default model replaying a slice of a real trace")
+    demo.add_argument("--duration", type=float, default=60.0, help="seconds of trace to replay (arrivals)")
+    demo.add_argument("--rate", type=float, default=1.0, help="requests per second after time scaling")
+    demo.add_argument("--json", help="write the report here")
+    demo.add_argument("--plot", help="write the TTFT CDF / attainment plot (PNG) here")
+    demo.add_argument("--model", help="local Hugging Face model folder (default: the embedded model)")
+    demo.add_argument("--trace", help="an Azure-format trace file (default: the shipped conversation excerpt)")
+    demo.add_argument("--policy", choices=["slo", "fcfs"], default="slo")
+    demo.add_argument("--colocated", action="store_true", help="two colocated workers instead of 1P + 1D")
+    demo.add_argument("--seed", type=int, default=0)
+
     model = sub.add_parser("model", help="manage the embedded default model")
     model.add_argument("action", choices=["fetch", "path"])
     return parser
@@ -75,6 +86,12 @@ def main(argv: list[str] | None = None) -> int:
             from sim import cli as sim_cli
 
             return sim_cli.run(args)
+        if args.command == "demo":
+            from cluster import demo
+
+            if args.duration <= 0 or args.rate <= 0:
+                raise ValueError("--duration and --rate must be positive")
+            return demo.main(args)
         if args.command == "serve":
             from cluster import serve_cmd
 

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Set everything up, then run Tandem's main job on the embedded default model.
-# Extra arguments are passed to `tandem generate` (for example --temperature 0.7 --seed 1).
+# Set everything up, then run Tandem's main job: a local Ray cluster on the embedded default model
+# (one prefill + one decode worker) replaying a time-scaled slice of the Azure conversation trace
+# with mixed lanes; prints the per-lane table and writes tandem-demo.json and tandem-demo.png.
+# Extra arguments go to `tandem demo` (for example --duration 120 --rate 1.5 or --colocated).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-PROMPT=${TANDEM_PROMPT:-"Explain in three sentences why splitting prefill from decode helps an LLM server keep its latency targets."}
-exec .venv/bin/tandem generate --max-tokens 160 "$@" "$PROMPT"
+exec .venv/bin/tandem demo --duration 60 --json tandem-demo.json --plot tandem-demo.png "$@"
