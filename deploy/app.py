@@ -1,0 +1,117 @@
+"""The Ray Serve application: one ingress deployment that fronts a Tandem cluster.
+
+    app = build_app(ServeConfig(...))          # a bound Serve application
+    serve.run(app, name="tandem", route_prefix="/")
+    deploy_app(config, timeout_s)              # the same, with a deadline (CLI, tests)
+
+The ingress replica's constructor (Ray is already up: Serve started it)::
+
+    attach to the controller named ``controller_name`` if it exists, else build_cluster(...)
+    tokenizer from the model folder · metrics registry · auth from api_keys
+    gRPC server (deploy.grpc_server) on 127.0.0.1:grpc_port    ← Serve's own gRPC proxy binds
+                                                                 every interface, so we don't use it
+    FastAPI app (deploy.openai_api.make_app) as the replica's ASGI app
+
+Ownership: a replica that built the cluster owns it (the worker actors fate-share with the
+replica's process) and shuts it down in ``__del__``; one that attached leaves it running.
+Keep ``num_replicas`` at 1 when the replica builds the cluster: several replicas would race.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from ray import serve
+
+from deploy.auth import api_key_auth, keys_from_env
+from deploy.config import ServeConfig
+
+log = logging.getLogger("ray.serve")
+GRPC_HOST = "127.0.0.1"
+STOP_TIMEOUT_S = 60.0
+
+
+def _cluster(config: ServeConfig):
+    """(handle, owned): attach to the named controller, or build the cluster under that name."""
+    import ray
+
+    from cluster.builder import build_cluster
+    from cluster.handle import ClusterHandle
+
+    try:
+        ray.get_actor(config.controller_name)
+    except ValueError:
+        return build_cluster(config.cluster, controller_name=config.controller_name), True
+    return ClusterHandle.attach(config.controller_name), False
+
+
+@serve.ingress()
+class TandemIngress:
+    """The HTTP (OpenAI-compatible) and gRPC fronts of one cluster, in one replica."""
+
+    async def __init__(self, config: dict):
+        from transformers import AutoTokenizer
+
+        from deploy.grpc_server import serve_grpc
+        from deploy.metrics import ServingMetrics
+        from deploy.openai_api import make_app
+
+        cfg = ServeConfig.model_validate(config)
+        loop = asyncio.get_running_loop()
+        self._handle, self._owned = await loop.run_in_executor(None, _cluster, cfg)
+        info = self._handle.model_info()
+        tokenizer = await loop.run_in_executor(None, AutoTokenizer.from_pretrained, info.path)
+        auth = api_key_auth(cfg.api_keys)
+        metrics = ServingMetrics(info.name)
+        self._grpc = await serve_grpc(self._handle, tokenizer, auth, GRPC_HOST, cfg.grpc_port)
+        self._app = make_app(self._handle, tokenizer, metrics, auth, max_body_bytes=cfg.max_body_bytes,
+                             default_max_tokens=cfg.default_max_tokens)
+        log.info("tandem ingress: model %s, gRPC on %s:%d, %s", info.name, GRPC_HOST, cfg.grpc_port,
+                 f"{len(cfg.api_keys)} API keys" if cfg.api_keys else "one open tenant")
+
+    def __serve_build_asgi_app__(self):
+        return self._app
+
+    async def __del__(self):
+        grpc_server = getattr(self, "_grpc", None)
+        if grpc_server is not None:
+            await grpc_server.stop(1.0)
+        if getattr(self, "_owned", False):
+            loop = asyncio.get_running_loop()
+            await asyncio.wait_for(loop.run_in_executor(None, self._handle.shutdown), STOP_TIMEOUT_S)
+
+
+def build_app(config: ServeConfig):
+    """The bound Serve application for ``config``. API keys from ``$TANDEM_API_KEYS`` (read here,
+    in the caller's process) are merged under ``config.api_keys``."""
+    keys = {**keys_from_env(), **config.api_keys}
+    config = config.model_copy(update={"api_keys": keys})
+    deployment = serve.deployment(TandemIngress, name="tandem-ingress", num_replicas=1,
+                                  max_ongoing_requests=1024, health_check_timeout_s=60,
+                                  graceful_shutdown_timeout_s=STOP_TIMEOUT_S,
+                                  ray_actor_options={"num_cpus": config.ingress_num_cpus})
+    return deployment.bind(config.model_dump(mode="json"))
+
+
+def deploy_app(config: ServeConfig, timeout_s: float | None = None, name: str = "tandem") -> None:
+    """Deploy ``build_app(config)`` on the running Serve instance and wait until it is RUNNING.
+
+    Raises ``RuntimeError`` if it fails to deploy or is not running within ``timeout_s`` (default:
+    the cluster's ``ready_timeout_s`` plus two minutes for Serve and calibration)."""
+    from ray.serve.schema import ApplicationStatus
+
+    deadline = time.monotonic() + (timeout_s or config.cluster.ready_timeout_s + 120.0)
+    serve.run_many([serve.RunTarget(build_app(config), name=name, route_prefix="/")],
+                   wait_for_ingress_deployment_creation=False, wait_for_applications_running=False)
+    while True:
+        app = serve.status().applications.get(name)
+        if app is not None and app.status == ApplicationStatus.RUNNING:
+            return
+        if app is not None and app.status == ApplicationStatus.DEPLOY_FAILED:
+            raise RuntimeError(f"the Serve application failed to deploy: {app.message}")
+        if time.monotonic() > deadline:
+            state = app.status if app is not None else "absent"
+            raise RuntimeError(f"the Serve application is not running after the deadline ({state})")
+        time.sleep(0.5)

@@ -1,0 +1,58 @@
+"""``ServeConfig``: what ``tandem serve`` / ``serve run deploy.serve_entry:app`` read (YAML or JSON).
+
+    cluster:          a cluster.config.ClusterConfig (model, pools, SLO defaults...)
+    http_host/port:   where Serve's HTTP proxy listens (127.0.0.1:8000)
+    grpc_port:        the tandem.v1 gRPC server inside the ingress replica (127.0.0.1 only)
+    api_keys:         {key: tenant}; empty → one open tenant "default" (plus $TANDEM_API_KEYS)
+    max_body_bytes:   larger HTTP bodies get 413
+    default_max_tokens: output limit of a request that sets none (capped by the context window)
+    controller_name:  the cluster controller's actor name; a replica attaches to it if it exists
+
+Several models (``models: [...]``) and canary routing are not implemented: one cluster, one model.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from cluster.config import ClusterConfig
+
+
+class ServeConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    cluster: ClusterConfig = ClusterConfig()
+    http_host: str = "127.0.0.1"
+    http_port: int = Field(8000, ge=1, le=65535)
+    grpc_port: int = Field(50051, ge=1, le=65535)
+    api_keys: dict[str, str] = Field(default_factory=dict)
+    max_body_bytes: int = Field(1 << 20, ge=1024)
+    default_max_tokens: int = Field(256, ge=1)
+    controller_name: str = Field("tandem-controller", min_length=1)
+    ingress_num_cpus: float = Field(0.0, ge=0)
+
+    @model_validator(mode="after")
+    def _distinct_ports(self) -> "ServeConfig":
+        if self.http_port == self.grpc_port:
+            raise ValueError("http_port and grpc_port must differ")
+        if any(not k or not t for k, t in self.api_keys.items()):
+            raise ValueError("api_keys: keys and tenants must be non-empty")
+        return self
+
+
+def load_serve_config(path: str | Path | None) -> ServeConfig:
+    """Read a YAML (``.yaml``/``.yml``) or JSON file; ``None`` gives the defaults (the embedded
+    default model on this machine). Raises ``FileNotFoundError`` / pydantic ``ValidationError``."""
+    if path is None:
+        return ServeConfig()
+    text = Path(path).read_text()
+    if str(path).endswith((".yaml", ".yml")):
+        import yaml
+
+        data = yaml.safe_load(text) or {}
+    else:
+        data = json.loads(text)
+    return ServeConfig.model_validate(data)
