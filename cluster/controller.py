@@ -40,7 +40,7 @@ from decode_worker.worker import DecodeStep
 from kv_transfer.handoff import Decision as HandoffDecision
 from prefill_worker.messages import PrefillError, PrefillItem, PrefillResult
 from router.affinity import HashRing
-from router.baselines import DistServeScheduler
+from router.baselines import DistServeScheduler, SarathiScheduler
 from router.perf_model import Calibrator, PerfModel
 from router.placement import WorkerLoad, affinity_ok, pick_decode, pick_prefill
 from router.plan import DecisionKind, Snapshot, WorkerRole, WorkerState
@@ -87,7 +87,9 @@ class Controller:
         self._closing = False
 
     def _make_scheduler(self, perf: PerfModel):
-        if self.config.policy == "fcfs":
+        if self.config.policy == "fcfs":                 # no admission control: the baselines
+            if self.config.colocated_workers:
+                return SarathiScheduler(token_budget=self.config.max_num_batched_tokens)
             return DistServeScheduler(token_budget=self.config.prefill_batch_tokens)
         return SloScheduler(perf, self.config.scheduler, transfer_s=self._transfer_s)
 
@@ -221,6 +223,13 @@ class Controller:
         return [{"id": t.id, "where": t.where.value, "stage": t.stage, "prefill_worker": t.prefill_worker,
                  "decode_worker": t.decode_worker, "retries": t.retries, "tokens_out": t.completion_tokens,
                  "age_s": round(time.monotonic() - t.arrival, 3)} for t in self.tracked.values()]
+
+    async def perf_model(self) -> PerfModel:
+        """The batch-time model the scheduler plans with now (startup calibration, then refits)."""
+        return self.perf
+
+    async def calibration_points(self) -> int:
+        return len(self.calibrator)
 
     async def plan_errors(self) -> list[str]:
         """The last few scheduling-step errors (a step that fails is skipped; this shows why)."""
@@ -671,8 +680,7 @@ class Controller:
         for r in records:
             self.calibrator.observe(r.shape, r.seconds)
             self._new_steps += 1
-        if self._new_steps >= self.config.refit_every and len(self.calibrator) >= self.calibrator.min_points \
-                and self.config.policy == "slo":
+        if self._new_steps >= self.config.refit_every and len(self.calibrator) >= self.calibrator.min_points:
             self._new_steps = 0
             try:
                 model, _ = self.calibrator.refit()
@@ -683,5 +691,6 @@ class Controller:
                 log.warning("refit rejected: the fitted model gives no usable prefill budget")
                 return
             self.perf = model
-            self.scheduler.model = model if self.config.scheduler.safety_margin is None else \
-                model.with_margin(self.config.scheduler.safety_margin)
+            if isinstance(self.scheduler, SloScheduler):
+                self.scheduler.model = model if self.config.scheduler.safety_margin is None else \
+                    model.with_margin(self.config.scheduler.safety_margin)
