@@ -40,7 +40,7 @@ def test_prefill_choice_counts_tokens_not_requests():
 def test_decode_choice_prefers_free_kv_and_fits():
     loads = [WorkerLoad("d0", True, context_tokens=900, capacity_tokens=1000),
              WorkerLoad("d1", True, context_tokens=5000, capacity_tokens=8000),
-             WorkerLoad("d2", True, context_tokens=100, capacity_tokens=200)]
+             WorkerLoad("d2", True, context_tokens=20, capacity_tokens=200)]
     assert pick_decode(loads, need_tokens=50) == "d2"               # lowest fraction after adding 50
     assert pick_decode(loads, need_tokens=500) == "d1"              # only d1 can hold 500 more
     assert pick_decode([WorkerLoad("d0", False)], 10) is None
