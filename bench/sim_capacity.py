@@ -2,13 +2,21 @@
 traces, H100, Llama-3-8B, the same total GPUs. Prints a markdown table (req/s at >= 90% SLO
 attainment, per GPU) and the geometric mean of SLO / best baseline.
 
-    .venv/bin/python bench/sim_capacity.py [--gpus 2] [--duration 45] [--jobs 2] [--json out.json]
+    .venv/bin/python bench/sim_capacity.py [--gpus 2] [--trace-minutes 10] [--jobs 2] [--json out.json]
+
+Requests: the first `--trace-minutes` minutes of the trace (a fixed set of requests, bursts
+included), time-rescaled so its mean rate is the probed rate: every probe replays the same
+requests. `--trace-minutes 0` keeps the earlier method (the first `--duration` seconds of the
+rescaled trace, so a higher rate also brings in later requests).
+
+Baselines get their best configuration: sarathi, priority and edf run with every chunk size
+(token budget) in `--chunks` and the best is reported. `ceiling` is `sim.capacity.ceiling`, an
+upper bound on any policy's capacity on the same GPUs (a fluid bound, no simulation).
 
 Layouts: fcfs, sarathi, priority, edf on G colocated GPUs; distserve on every P:D split of G;
 slo on G colocated GPUs and on every P:D split (it plans both). For the policies with several
 layouts the best one is reported, with its layout. Scenario → trace: coding and summarization use the Azure code
-trace, the others the Azure conv trace (first `--duration` seconds of arrivals, time-rescaled to
-each probed rate).
+trace, the others the Azure conv trace.
 """
 
 from __future__ import annotations
@@ -26,27 +34,55 @@ TRACES = Path(__file__).resolve().parents[2] / "shared" / "traces"
 TRACE_OF = {"chatbot": "conv", "coding": "code", "summarization": "code", "reasoning": "conv",
             "tool_calling": "conv", "mixed": "conv"}
 BASELINES = ("fcfs", "sarathi", "priority", "edf", "distserve")
+CHUNKED = ("sarathi", "priority", "edf")
+
+
+def segment(trace: str, minutes: float, out_dir: Path) -> str:
+    """The trace's rows that arrive in its first `minutes` minutes, as a file of the same format."""
+    from sim.trace import load_rows
+    rows = load_rows(trace)
+    keep = int((rows.arrival_s < minutes * 60.0).sum())
+    lines = Path(trace).read_text().splitlines()
+    out = out_dir / f"{Path(trace).stem}_{minutes:g}min.csv"
+    out.write_text("\n".join(lines[:keep + 1]) + "\n")
+    return str(out)
+
+
+def _spec(scenario: str, policy: str, layout: tuple, duration: float | None, trace: str):
+    from sim.capacity import CAPACITY_ENGINE
+    from sim.cluster import ClusterSpec
+    from sim.run import RunSpec, Workload
+    return RunSpec(Workload(trace, duration_s=duration), scenario, policy,
+                   ClusterSpec(*layout, hardware="h100", model="llama3-8b"), engine=CAPACITY_ENGINE)
 
 
 def job(args: tuple) -> dict:
-    scenario, policy, layout, duration, start = args
-    from sim.capacity import CAPACITY_ENGINE, capacity
-    from sim.cluster import ClusterSpec
-    from sim.run import RunSpec, Workload
-    trace = TRACES / f"AzureLLMInferenceTrace_{TRACE_OF[scenario]}.csv"
-    spec = RunSpec(Workload(str(trace), duration_s=duration), scenario, policy,
-                   ClusterSpec(*layout, hardware="h100", model="llama3-8b"), engine=CAPACITY_ENGINE)
+    scenario, policy, layout, duration, start, trace, chunk = args
+    from router.baselines import BASELINES as CLASSES
+    from sim.capacity import capacity, ceiling
+    spec = _spec(scenario, policy, layout, duration, trace)
     t0 = time.perf_counter()
-    cap = capacity(spec, start_rate=start)
+    if policy == "ceiling":
+        rate = ceiling(spec, start_rate=start)
+        return {"scenario": scenario, "policy": policy, "layout": layout, "capacity_rps": rate,
+                "per_gpu": rate / sum(layout), "wall_s": time.perf_counter() - t0, "probes": [],
+                "chunk": None}
+    make = None
+    if chunk is not None:
+        def make(cluster, cls=CLASSES[policy]):
+            return cls(token_budget=chunk, max_prompt_tokens=cluster.context_tokens)
+    cap = capacity(spec, start_rate=start, make=make)
     return {"scenario": scenario, "policy": policy, "layout": layout, "capacity_rps": cap.rate,
-            "per_gpu": cap.per_gpu, "wall_s": time.perf_counter() - t0,
+            "per_gpu": cap.per_gpu, "wall_s": time.perf_counter() - t0, "chunk": chunk,
             "probes": [(p.rate, p.attainment, p.requests, p.stopped_early) for p in cap.probes]}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--gpus", type=int, default=2)
-    ap.add_argument("--duration", type=float, default=45.0)
+    ap.add_argument("--duration", type=float, default=45.0, help="with --trace-minutes 0 only")
+    ap.add_argument("--trace-minutes", type=float, default=10.0)
+    ap.add_argument("--chunks", default="512,2048,8192", help="token budgets tried for sarathi, priority, edf")
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--start-rate", type=float, default=8.0)
     ap.add_argument("--scenarios", default=",".join(TRACE_OF))
@@ -56,14 +92,27 @@ def main() -> None:
     ap.add_argument("--plot", default=None, help="directory for attainment-vs-rate PNGs (matplotlib)")
     a = ap.parse_args()
     g = a.gpus
+    import tempfile
+    tmp = Path(tempfile.mkdtemp(prefix="sim_capacity_"))
+    traces = {}
+    for name in set(TRACE_OF.values()):
+        path = str(TRACES / f"AzureLLMInferenceTrace_{name}.csv")
+        traces[name] = segment(path, a.trace_minutes, tmp) if a.trace_minutes > 0 else path
+    duration = None if a.trace_minutes > 0 else a.duration
+    chunks = [int(c) for c in a.chunks.split(",")]
     jobs = []
     for sc in a.scenarios.split(","):
-        for pol in ("slo",) + BASELINES[:-1]:
-            jobs.append((sc, pol, (0, 0, g), a.duration, a.start_rate))
+        tr = traces[TRACE_OF[sc]]
+        jobs.append((sc, "ceiling", (0, 0, g), duration, a.start_rate, tr, None))
+        for pol in ("slo", "fcfs"):
+            jobs.append((sc, pol, (0, 0, g), duration, a.start_rate, tr, None))
+        for pol in CHUNKED:
+            for c in chunks:
+                jobs.append((sc, pol, (0, 0, g), duration, a.start_rate, tr, c))
         for p in range(1, g):
-            jobs.append((sc, "distserve", (p, g - p, 0), a.duration, a.start_rate))
+            jobs.append((sc, "distserve", (p, g - p, 0), duration, a.start_rate, tr, None))
             if not a.slo_colocated_only:
-                jobs.append((sc, "slo", (p, g - p, 0), a.duration, a.start_rate))
+                jobs.append((sc, "slo", (p, g - p, 0), duration, a.start_rate, tr, None))
     t0 = time.perf_counter()
     with ProcessPoolExecutor(a.jobs) as ex:
         results = list(ex.map(job, jobs))
@@ -72,8 +121,8 @@ def main() -> None:
         k = (r["scenario"], r["policy"])
         if k not in best or r["capacity_rps"] > best[k]["capacity_rps"]:
             best[k] = r
-    header = ["scenario", "slo"] + list(BASELINES) + ["best baseline", "slo / best"]
-    rows, ratios, never_below = [], [], True
+    header = ["scenario", "slo"] + list(BASELINES) + ["best baseline", "slo / best", "ceiling", "ceiling / best"]
+    rows, ratios, ceilings, never_below = [], [], [], True
     for sc in a.scenarios.split(","):
         slo = best[(sc, "slo")]["capacity_rps"]
         base = {p: best[(sc, p)]["capacity_rps"] for p in BASELINES}
@@ -84,17 +133,26 @@ def main() -> None:
         ds = best[(sc, "distserve")]["layout"]
         sl = best[(sc, "slo")]["layout"]
         cells = [f"{slo:.2f}" + (f" ({sl[0]}P+{sl[1]}D)" if sl[0] else f" ({sl[2]}C)")]
-        cells += [f"{base[p]:.2f}" + (f" ({ds[0]}P+{ds[1]}D)" if p == "distserve" else "") for p in BASELINES]
-        rows.append([sc] + cells + [top, f"{ratio:.2f}x"])
+        cells += [f"{base[p]:.2f}" + (f" ({ds[0]}P+{ds[1]}D)" if p == "distserve" else "")
+                  + (f" (c{best[(sc, p)]['chunk']})" if best[(sc, p)].get("chunk") else "") for p in BASELINES]
+        ceil = best[(sc, "ceiling")]["capacity_rps"]
+        ceilings.append(ceil / base[top] if base[top] > 0 else math.inf)
+        rows.append([sc] + cells + [top, f"{ratio:.2f}x", f"{ceil:.1f}", f"{ceilings[-1]:.2f}x"])
     from sim.report import markdown_table
+    window = (f"first {a.trace_minutes:g} min of the trace" if a.trace_minutes > 0
+              else f"first {a.duration:.0f} s of the rescaled trace")
     print(f"H100, Llama-3-8B, {g} GPUs, capacity in req/s at >= 90% SLO attainment "
-          f"(first {a.duration:.0f} s of the trace, rescaled); wall {time.perf_counter() - t0:.0f} s")
+          f"({window}, rescaled); wall {time.perf_counter() - t0:.0f} s")
     print()
     print(markdown_table(header, rows))
     finite = [r for r in ratios if math.isfinite(r) and r > 0]
     gm = math.exp(sum(map(math.log, finite)) / len(finite)) if finite else float("nan")
     print()
     print(f"geometric mean slo / best baseline: {gm:.2f}x (target 2.2x); never below any baseline: {never_below}")
+    cf = [r for r in ceilings if math.isfinite(r) and r > 0]
+    if cf:
+        print(f"geometric mean ceiling / best baseline (no policy can exceed it): "
+              f"{math.exp(sum(map(math.log, cf)) / len(cf)):.2f}x")
     if a.plot:
         from sim.report import attainment_plot
         for sc in a.scenarios.split(","):
