@@ -5,7 +5,7 @@
 Both clusters get two workers of one CPU each, the embedded default model, the SLO scheduler,
 and the same mixed workload (``cluster.demo_workload``: a time-scaled Azure conversation slice
 with interactive, heavy two-stage and background lanes). Reported per layout: the interactive
-lane's TTFT p50/p99, overall SLO attainment and goodput (SLO-meeting requests per second), and
+lane's TTFT and TPOT p50/p99, overall SLO attainment and goodput (SLO-meeting requests per second), and
 the ratios disaggregated / colocated. With ``--rounds > 1`` the layouts alternate (D, C, D, C ...)
 so machine noise hits both alike.
 """
@@ -35,6 +35,7 @@ def run_layout(colocated: bool, spec: WorkloadSpec, model: str | None) -> dict:
     return {"layout": "colocated 2" if colocated else "1P + 1D", "attainment": s["attainment"],
             "goodput_rps": s["goodput_rps"], "interactive_ttft_p50": inter.get("ttft_p50"),
             "interactive_ttft_p99": inter.get("ttft_p99"), "interactive_attainment": inter.get("attainment"),
+            "interactive_tpot_p50": inter.get("tpot_p50"), "interactive_tpot_p99": inter.get("tpot_p99"),
             "completed": s["completed"], "requests": s["requests"], "kv_transfers": stats.kv_transfers,
             "wall_s": wall, "lanes": s["lanes"]}
 
@@ -63,7 +64,8 @@ def main() -> None:
         return sum(vals) / len(vals) if vals else None
 
     summary = {k: {"disagg": mean(dis, k), "colocated": mean(col, k)}
-               for k in ("interactive_ttft_p50", "interactive_ttft_p99", "attainment", "goodput_rps")}
+               for k in ("interactive_ttft_p50", "interactive_ttft_p99", "interactive_tpot_p50", "interactive_tpot_p99",
+                         "attainment", "goodput_rps")}
     for v in summary.values():
         v["ratio"] = v["disagg"] / v["colocated"] if v["disagg"] is not None and v["colocated"] else None
     print(json.dumps(summary, indent=2))
