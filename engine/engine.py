@@ -295,6 +295,10 @@ class LLMEngine:
         seq.token_ids = list(token_ids)
         for t in token_ids[num_prompt_tokens:]:
             seq.detokenizer.add(t)
+        # The sender streamed the text of the tokens it generated: release only what follows,
+        # holding back what it held back (the tail that may still begin a stop string).
+        text_len = len(seq.detokenizer.text)
+        seq.emitted_chars = (max(0, text_len - max(map(len, params.stop)) + 1) if params.stop else text_len)
         seq.num_computed_tokens, seq.prefix_matched, seq.status = n, True, SeqStatus.RUNNING
         self._seqs[request_id] = seq
         self.scheduler.running.append(seq)

@@ -55,7 +55,8 @@ def test_preemption_under_memory_pressure_keeps_outputs_exact(llama_dir):
 
 
 def test_kv_handoff_continues_decoding_on_another_engine(llama_dir):
-    whole = make_engine(llama_dir).generate([PROMPT], GREEDY)[0].output_token_ids
+    ref = make_engine(llama_dir).generate([PROMPT], GREEDY)[0]
+    whole, whole_text = ref.output_token_ids, ref.text
 
     prefill = make_engine(llama_dir)
     rid = prefill.add_request(PROMPT, GREEDY)
@@ -68,12 +69,14 @@ def test_kv_handoff_continues_decoding_on_another_engine(llama_dir):
 
     decode = make_engine(llama_dir, num_blocks=64)
     decode.import_kv(handoff, PROMPT + [first], len(PROMPT), GREEDY)
-    rest = []
+    rest, texts = [], [outs[0].new_text]
     while decode.has_unfinished():
         for out in decode.step():
             rest.extend(out.new_token_ids)
+            texts.append(out.new_text)
             final = out
     assert (first, *rest) == whole
+    assert "".join(texts) == whole_text          # streamed text: each piece once, none lost
     assert final.output_token_ids == whole
     decode.block_manager.check_invariants()
     assert decode.block_manager.usage() == 0 or decode.config.enable_prefix_caching
@@ -99,3 +102,30 @@ def test_a_parked_request_keeps_its_blocks_and_is_not_stepped(llama_dir):
     assert engine.block_manager.usage() == used
     engine.abort(rid)
     assert engine.block_manager.usage() == 0 and not engine.has_request(rid)
+
+
+def test_imported_request_does_not_stream_the_senders_text_again(llama_dir):
+    """The decode side releases only text after what the prefill side streamed (here a first
+    token chosen to decode to plain text, so a repeat would show)."""
+    from engine.detokenizer import IncrementalDetokenizer
+
+    prefill = make_engine(llama_dir)
+    rid = prefill.add_request(PROMPT, GREEDY)
+    prefill.step()
+    handoff = prefill.export_kv(rid)
+    tok = prefill.tokenizer
+    first = next(t for t in range(3, 384) if tok.decode([t]).strip().isalpha())
+    sender = IncrementalDetokenizer(tok, list(PROMPT))
+    sent = sender.add(first)
+    assert sent                                     # the sender streamed this text already
+    decode = make_engine(llama_dir, num_blocks=64)
+    decode.import_kv(handoff, PROMPT + [first], len(PROMPT), GREEDY)
+    texts, ids = [], []
+    while decode.has_unfinished():
+        for out in decode.step():
+            texts.append(out.new_text)
+            ids.extend(out.new_token_ids)
+    for t in ids:
+        sender.add(t)
+    sender.flush()
+    assert sent + "".join(texts) == sender.text
