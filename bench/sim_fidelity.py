@@ -63,7 +63,7 @@ def main() -> None:
     planned = planned_requests(spec)
     res = WorkerResources(num_cpus=args.threads, threads=args.threads)
     config = ClusterConfig(model=args.model, colocated_workers=1, colocated_resources=res, policy="fcfs",
-                           num_blocks=2048, calibration_steps=96, max_num_batched_tokens=1024)
+                           num_blocks=2048, calibration_steps=96, max_num_batched_tokens=1024, ready_timeout_s=900)
     handle = build_cluster(config)
     try:
         startup = asyncio.run(handle._call("perf_model"))
