@@ -101,6 +101,7 @@ class GenerateRequest:
     stages: tuple[StageSpec, ...] = ()
     session_id: str | None = None
     tool_risk: float = 0.0
+    model: str | None = None        # served model name (multi-model apps route by it; None: default)
 
 
 @dataclass(frozen=True)

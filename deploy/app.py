@@ -11,6 +11,12 @@ The ingress replica's constructor (Ray is already up: Serve started it)::
     gRPC server (deploy.grpc_server) on 127.0.0.1:grpc_port    ← Serve's own gRPC proxy binds
                                                                  every interface, so we don't use it
     FastAPI app (deploy.openai_api.make_app) as the replica's ASGI app
+    autoscaler (deploy.autoscale_loop, dry run by default) fed by both fronts' streams,
+    its decisions at GET /v1/autoscale
+
+With ``models:`` (deploy.multi_cluster) the replica attaches to or builds one cluster per
+(model, version) and fronts them with a ``deploy.multi_backend.MultiBackend`` (per-model
+tokenizers; no autoscaler yet); the gRPC front serves the default model.
 
 Ownership: a replica that built the cluster owns it (the worker actors fate-share with the
 replica's process) and shuts it down in ``__del__``; one that attached leaves it running.
@@ -47,6 +53,18 @@ def _cluster(config: ServeConfig):
     return ClusterHandle.attach(config.controller_name), False
 
 
+def _autoscaler(handle, config: ServeConfig):
+    """The replica's autoscaler (None when ``config.autoscale`` is null); bundles from the pools."""
+    if config.autoscale is None:
+        return None
+    from deploy.autoscale_loop import LiveAutoscaler, bundle
+
+    p, d = config.cluster.prefill_resources, config.cluster.decode_resources
+    return LiveAutoscaler(handle, config.autoscale, config.autoscale_interval_s,
+                          prefill_bundle=bundle(p.num_cpus, p.num_gpus),
+                          decode_bundle=bundle(d.num_cpus, d.num_gpus))
+
+
 @serve.ingress()
 class TandemIngress:
     """The HTTP (OpenAI-compatible) and gRPC fronts of one cluster, in one replica."""
@@ -60,14 +78,29 @@ class TandemIngress:
 
         cfg = ServeConfig.model_validate(config)
         loop = asyncio.get_running_loop()
-        self._handle, self._owned = await loop.run_in_executor(None, _cluster, cfg)
+        tokenizers = None
+        if cfg.models is None:
+            self._handle, self._owned = await loop.run_in_executor(None, _cluster, cfg)
+        else:
+            from deploy.multi_cluster import build_model_clusters, load_tokenizers
+
+            self._handle = await loop.run_in_executor(None, build_model_clusters, cfg)
+            self._owned = bool(self._handle.owned)
+            tokenizers = await loop.run_in_executor(None, load_tokenizers, self._handle)
         info = self._handle.model_info()
         tokenizer = await loop.run_in_executor(None, AutoTokenizer.from_pretrained, info.path)
         auth = api_key_auth(cfg.api_keys)
         metrics = ServingMetrics(info.name)
-        self._grpc = await serve_grpc(self._handle, tokenizer, auth, GRPC_HOST, cfg.grpc_port)
-        self._app = make_app(self._handle, tokenizer, metrics, auth, max_body_bytes=cfg.max_body_bytes,
-                             default_max_tokens=cfg.default_max_tokens)
+        self._autoscaler = _autoscaler(self._handle, cfg) if cfg.models is None else None
+        backend = self._handle if self._autoscaler is None else self._autoscaler.backend
+        self._grpc = await serve_grpc(backend, tokenizer, auth, GRPC_HOST, cfg.grpc_port)
+        self._app = make_app(backend, tokenizer, metrics, auth, max_body_bytes=cfg.max_body_bytes,
+                             default_max_tokens=cfg.default_max_tokens, tokenizers=tokenizers)
+        if self._autoscaler is not None:
+            from deploy.autoscale_loop import mount_autoscale_route
+
+            mount_autoscale_route(self._app, self._autoscaler)
+            self._autoscaler.start()
         log.info("tandem ingress: model %s, gRPC on %s:%d, %s", info.name, GRPC_HOST, cfg.grpc_port,
                  f"{len(cfg.api_keys)} API keys" if cfg.api_keys else "one open tenant")
 
@@ -75,6 +108,9 @@ class TandemIngress:
         return self._app
 
     async def __del__(self):
+        autoscaler = getattr(self, "_autoscaler", None)
+        if autoscaler is not None:
+            await autoscaler.stop()
         grpc_server = getattr(self, "_grpc", None)
         if grpc_server is not None:
             await grpc_server.stop(1.0)

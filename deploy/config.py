@@ -7,8 +7,14 @@
     max_body_bytes:   larger HTTP bodies get 413
     default_max_tokens: output limit of a request that sets none (capped by the context window)
     controller_name:  the cluster controller's actor name; a replica attaches to it if it exists
-
-Several models (``models: [...]``) and canary routing are not implemented: one cluster, one model.
+    autoscale:        a deploy.autoscale_config.AutoscaleConfig (dry_run by default: decisions are
+                      only logged and shown at GET /v1/autoscale); null turns the autoscaler off
+    autoscale_interval_s: one autoscaling decision per this many seconds
+    models:           several served models instead of ``cluster`` (deploy.model_router): by
+                      served name (the first is the default), each a ``ServedModel``: the
+                      ModelRoute fields (versions name → weight, fallback, max_context, tags,
+                      lanes) and ``clusters`` (version → ClusterConfig, one cluster per version).
+                      Absent: the single ``cluster`` as before. See deploy/two_models.yaml.
 """
 
 from __future__ import annotations
@@ -19,6 +25,21 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from cluster.config import ClusterConfig
+from deploy.autoscale_config import AutoscaleConfig
+from deploy.model_router import ModelRoute, ModelRoutes
+
+
+class ServedModel(ModelRoute):
+    """One served model of a multi-model app: its routing fields and a cluster per version."""
+
+    clusters: dict[str, ClusterConfig] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _a_cluster_per_version(self) -> "ServedModel":
+        if list(self.clusters) != list(self.versions):
+            raise ValueError(f"clusters must list exactly the versions {list(self.versions)} "
+                             f"(in that order), got {list(self.clusters)}")
+        return self
 
 
 class ServeConfig(BaseModel):
@@ -33,6 +54,9 @@ class ServeConfig(BaseModel):
     default_max_tokens: int = Field(256, ge=1)
     controller_name: str = Field("tandem-controller", min_length=1)
     ingress_num_cpus: float = Field(0.0, ge=0)
+    autoscale: AutoscaleConfig | None = AutoscaleConfig()
+    autoscale_interval_s: float = Field(10.0, gt=0)
+    models: dict[str, ServedModel] | None = None
 
     @model_validator(mode="after")
     def _distinct_ports(self) -> "ServeConfig":
@@ -40,7 +64,18 @@ class ServeConfig(BaseModel):
             raise ValueError("http_port and grpc_port must differ")
         if any(not k or not t for k, t in self.api_keys.items()):
             raise ValueError("api_keys: keys and tenants must be non-empty")
+        if self.models is not None:
+            if self.cluster != ClusterConfig():
+                raise ValueError("set either cluster (one model) or models (several), not both")
+            self.routes()
         return self
+
+    def routes(self) -> ModelRoutes | None:
+        """The router's config from ``models`` (None for a single-model app)."""
+        if self.models is None:
+            return None
+        return ModelRoutes(models={n: ModelRoute(**m.model_dump(exclude={"clusters"}))
+                                   for n, m in self.models.items()})
 
 
 def load_serve_config(path: str | Path | None) -> ServeConfig:

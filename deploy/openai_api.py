@@ -6,7 +6,7 @@ Routes::
 
     POST /v1/completions, /v1/chat/completions   OpenAI bodies + Tandem's fields (deploy.openai_schema);
                                                  stream=true → SSE chunks, then ``data: [DONE]``
-    GET  /v1/models                              the served model
+    GET  /v1/models                              the served model (every one behind a MultiBackend)
     POST /v1/requests/{id}/cancel                Tandem: cancel the caller's own running request
     GET  /health                                 liveness (the process answers)
     GET  /ready[?deep=1]                         backend.ready(); deep runs one token end to end
@@ -22,7 +22,9 @@ Errors always have OpenAI's shape ``{"error": {"message", "type", "code", "param
 request id is the response ``id`` (also the ``X-Request-Id`` header); a client may choose it by
 sending ``X-Request-Id`` (behind Ray Serve's proxy, which sets that header on every request, the
 id is Serve's request id unless the client sent one). The id is what
-``/v1/requests/{id}/cancel`` takes. A client that disconnects cancels its request (see
+``/v1/requests/{id}/cancel`` takes. Several models (``deploy.multi_backend``): the body's ``model``
+picks the served name (404 if unknown), its tokenizer (``tokenizers``) and the request's bounds
+(``backend.model_info_for``). A client that disconnects cancels its request (see
 ``deploy.front_stream``): streaming or not, the backend iterator is closed and the KV freed.
 """
 
@@ -92,8 +94,10 @@ class OpenAIFront:
     """The handlers; ``make_app`` routes to them. Holds only what it was given."""
 
     def __init__(self, backend: Backend, tokenizer: Any, metrics: ServingMetrics, auth: Authenticate,
-                 max_body_bytes: int, default_max_tokens: int, disconnect_poll_s: float):
+                 max_body_bytes: int, default_max_tokens: int, disconnect_poll_s: float,
+                 tokenizers: dict[str, Any] | None = None):
         self.backend, self.tokenizer, self.metrics, self.auth = backend, tokenizer, metrics, auth
+        self.tokenizers = tokenizers or {}
         self.max_body_bytes, self.default_max_tokens = max_body_bytes, default_max_tokens
         self.poll_s = disconnect_poll_s
 
@@ -143,18 +147,16 @@ class OpenAIFront:
             body = schema.model_validate(data)
         except ValidationError as exc:
             raise ApiError(400, ErrorKind.INVALID, validation_message(exc)) from None
-        info = self.backend.model_info()
-        if body.model is not None and body.model != info.name:
-            raise ApiError(404, ErrorKind.NOT_FOUND,
-                           f"the model {body.model!r} does not exist; this server serves {info.name!r}")
+        info = self._model(body.model)
+        tokenizer = self.tokenizers.get(info.name, self.tokenizer)
         shape = Shape(kind)
         rid = self._request_id(request, shape)
         try:
             if kind == "chat":
-                prompt, limit = chat_prompt_ids(body, self.tokenizer), body.output_limit
+                prompt, limit = chat_prompt_ids(body, tokenizer), body.output_limit
             else:
-                prompt, limit = prompt_ids(body, self.tokenizer, info), body.max_tokens
-            req = to_generate_request(body, prompt, limit, rid, tenant, self.tokenizer, info,
+                prompt, limit = prompt_ids(body, tokenizer, info), body.max_tokens
+            req = to_generate_request(body, prompt, limit, rid, tenant, tokenizer, info,
                                       self.default_max_tokens)
         except InvalidRequest as exc:
             raise ApiError(400, ErrorKind.INVALID, str(exc)) from None
@@ -181,6 +183,20 @@ class OpenAIFront:
         finally:
             if not handed_off:
                 await stream.close()
+
+    def _model(self, name: str | None):
+        """The ``ModelInfo`` a request for ``name`` is checked against; 404 if not served."""
+        lookup = getattr(self.backend, "model_info_for", None)
+        if lookup is not None:
+            info = lookup(name)
+            served = [i.name for i in self.backend.model_infos()]
+        else:
+            info = self.backend.model_info()
+            info, served = (info if name in (None, info.name) else None), [info.name]
+        if info is None:
+            raise ApiError(404, ErrorKind.NOT_FOUND, f"the model {name!r} does not exist; this server "
+                           f"serves {', '.join(map(repr, served))}")
+        return info
 
     async def _whole(self, stream: FrontStream, outcome: Outcome, envelope: Envelope,
                      headers: dict) -> Response:
@@ -232,10 +248,11 @@ class OpenAIFront:
 
     def models(self, request: Request) -> Response:
         self.tenant(request)
-        info = self.backend.model_info()
+        infos = getattr(self.backend, "model_infos", None)
+        infos = infos() if infos is not None else (self.backend.model_info(),)
         return JSONResponse({"object": "list", "data": [
             {"id": info.name, "object": "model", "created": 0, "owned_by": "tandem",
-             "max_model_len": info.max_model_len}]})
+             "max_model_len": info.max_model_len} for info in infos]})
 
     async def ready(self, deep: bool) -> Response:
         try:
@@ -255,11 +272,12 @@ class OpenAIFront:
 
 def make_app(backend: Backend, tokenizer: Any, metrics: ServingMetrics, auth: Authenticate, *,
              max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, default_max_tokens: int = 256,
-             disconnect_poll_s: float = 0.25) -> FastAPI:
+             disconnect_poll_s: float = 0.25, tokenizers: dict[str, Any] | None = None) -> FastAPI:
     """The FastAPI app of the front (see the module docstring). ``tokenizer`` is a Hugging Face
-    tokenizer (``encode``, ``chat_template``, ``apply_chat_template``)."""
+    tokenizer (``encode``, ``chat_template``, ``apply_chat_template``); ``tokenizers`` (served
+    name → tokenizer) overrides it per model."""
     front = OpenAIFront(backend, tokenizer, metrics, auth, max_body_bytes, default_max_tokens,
-                        disconnect_poll_s)
+                        disconnect_poll_s, tokenizers)
     app = FastAPI(title="Tandem", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.front = front
 

@@ -114,4 +114,4 @@ def to_generate_request(body: CommonFields, prompt: tuple[int, ...], max_tokens:
         lane=body.lane, tenant=tenant, scenario=body.scenario.value if body.scenario else None,
         ttft_s=None if body.ttft_ms is None else body.ttft_ms / 1000.0,
         tpot_s=None if body.tpot_ms is None else body.tpot_ms / 1000.0,
-        stages=stages, session_id=body.session_id)
+        stages=stages, session_id=body.session_id, model=model.name)
