@@ -3,9 +3,13 @@
 The batch model. Every batch takes at most τ seconds (τ = the tightest TPOT admitted, so every
 decoding request meets its TPOT in every batch). `PerfModel.budget(τ)` turns τ into B
 token-equivalents per batch; an admitted request costs, in every batch of the window,
-w_i = its decode token at its largest context (or the rate reserved for a later stage's prefill,
-whichever is larger), and its remaining prefill costs p_i (+ its attention pairs and one chunk overhead; every batch
-also keeps one chunk overhead for its one unfinished chunk, B := budget − per_chunk). With
+w_i = its decode token at its largest context plus, for each later stage k, the rate
+r_k = need_k / slots_k that stage's prefill will need (slots_k = ⌊ttft_k/τ⌋ − 1 whole batches after
+it arrives, one lost to the batch it arrives in), and its remaining prefill costs p_i (+ its
+attention pairs and one chunk overhead; every batch also keeps one chunk overhead for its one
+unfinished chunk, B := budget − per_chunk). The rates add to the decode token (not max): when
+stage k arrives, the DP charges the request its decode token and p_k = r_k·slots_k ≤ N_j·r_k in
+cumP, so only the sum makes "fits before the arrival" imply "fits after it". With
 N_i = ⌊(d_i − start)/τ⌋ whole batches before its TTFT deadline d_i, EDF on the admitted set meets
 every deadline iff, for every admitted j in deadline order,
 
@@ -19,8 +23,12 @@ every deadline iff, for every admitted j in deadline order,
 The DP. Requests (admitted ones are forced in) are visited by deadline. A label is one partial
 choice (value, cumP, W, ρ, KV memory, chosen set); accepting request i needs the new ρ ≥ new W
 and memory under its lane's limit. Labels of a step are pruned to a Pareto set on
-(value ↑, cumP ↓, W ↓, ρ ↑, memory ↓) of at most `labels` members. This runs once per candidate
-τ (one per TPOT tier: accepting a tighter tier lowers τ for everyone), keeping the best.
+(value ↑, cumP ↓, W ↓, ρ ↑, memory ↓) of at most `labels` members, plus the base label that
+holds the admitted (forced) rows alone: pruning is value first, so without it every label could
+carry candidates that a later admitted deadline breaks, and the DP would report a τ as broken
+although the admitted set fits there. With it, a run ends broken only if the admitted set alone
+does not fit at its τ. This runs once per candidate τ (one per TPOT tier: accepting a tighter
+tier lowers τ for everyone), keeping the best.
 
 The window. Only the first `window` candidates by deadline, and only those whose deadline falls
 within `horizon_s`, go through the DP; the rest get a
@@ -111,7 +119,7 @@ def _prepare(items: DpItems, model: PerfModel, taus: list[float], start: float) 
         need = ft + per_pair[:, :, None] * items.future_pairs + per_chunk[:, :, None]
         with np.errstate(divide="ignore", invalid="ignore"):
             rate = np.where(ft > 0, np.where(slots >= 1, need / slots, np.inf), 0.0)
-        w = np.maximum(dec, rate.max(axis=2))
+        w = dec + rate.sum(axis=2)          # additive: see the module docstring
     else:
         w = dec
     ok = ((items.tpot >= tau - EPS) & ((p == 0) | (n >= 1)) & np.isfinite(w)) | items.forced
@@ -139,18 +147,27 @@ def _rho(r: float, B: float, cum: float, d: float, n: float) -> float:
 
 
 def _dp(run: _Run, items: DpItems, rows: list[int], mem0: float, keep: int) -> tuple:
-    """Best label (value, P, W, ρ, mem, chosen rows as a bit set over `rows`) of the DP."""
+    """Best label (value, P, W, ρ, mem, chosen rows as a bit set over `rows`) of the DP.
+
+    The base label (forced rows only) survives every prune, so the best label is on track
+    whenever the forced rows alone are (see the module docstring)."""
     B = run.cap
-    labels = [(0.0, 0.0, 0.0, math.inf, mem0, 0)]
+    base = (0.0, 0.0, 0.0, math.inf, mem0, 0)
+    labels = [base]
     dem, n, w, ok = run.dem, run.n, run.w, run.ok
     mem, lim, val, forced = items.mem, items.mem_limit, items.value, items.forced
     for bit, i in enumerate(rows):
         di, ni, wi, mi = float(dem[i]), float(n[i]), float(w[i]), float(mem[i])
         if forced[i]:
-            moved = [(v, p + di, ww + wi, _rho(r, B, p + di, di, ni), m + mi, s | (1 << bit))
-                     for v, p, ww, r, m, s in labels]
+            def add(lab: tuple) -> tuple:
+                v, p, ww, r, m, s = lab
+                return v, p + di, ww + wi, _rho(r, B, p + di, di, ni), m + mi, s | (1 << bit)
+            base = add(base)
+            moved = [add(lab) for lab in labels]
             kept = [lab for lab in moved if lab[3] >= lab[2] - EPS]
-            labels = kept or moved      # all broken: the admitted set alone does not fit (at risk)
+            labels = kept or moved      # all broken: the base is too, so the admitted set does not fit
+            if base not in labels:
+                labels.append(base)
             continue
         if not ok[i]:
             continue
@@ -162,6 +179,8 @@ def _dp(run: _Run, items: DpItems, rows: list[int], mem0: float, keep: int) -> t
             if r2 >= w2 - EPS and m2 <= li:
                 grown.append((v + vi, p2, w2, r2, m2, s | (1 << bit)))
         labels = _prune(grown, keep) if len(grown) > keep else grown
+        if base not in labels:
+            labels.append(base)
     return max(labels, key=lambda l: (l[3] >= l[2] - EPS, l[0], l[3] - l[2]))
 
 

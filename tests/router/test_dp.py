@@ -54,6 +54,18 @@ def test_an_admitted_set_that_no_longer_fits_is_reported_at_risk_not_dropped():
     assert res.at_risk == ("old",)
 
 
+def test_pruning_never_loses_the_admitted_set_alone():
+    # 30 ms + 1 µs per prefill token: B = 20k at τ = 0.05, 70k at τ = 0.1. "old" (admitted,
+    # 136k due 0.2 s) fits alone only at τ = 0.1 (2 × 70k), and there with no other request.
+    # With two labels kept, every label that survives the early deadlines carries candidates;
+    # the DP must still find "old" alone at τ = 0.1 instead of the higher value at τ = 0.05.
+    slow = PerfModel((AffinePiece(0.03, (1e-6, 1e-5, 0.0, 0.0, 0.0)),))
+    rows = [row("old", 136_000, 0.2, forced=True), row("tight", 100, 0.1, tpot=0.05),
+            *(row(f"c{i}", 5000, 0.1) for i in range(3))]
+    res = plan_worker(to_items(rows), slow, 0.0, 0, [0.05, 0.1], labels=2)
+    assert res.tau_s == 0.1 and res.at_risk == () and res.admitted == ()
+
+
 def test_memory_limits_are_per_lane():
     rows = [row("a", 10, 1.0, mem=600, limit=1000), row("b", 10, 1.0, mem=600, limit=1000),
             row("c", 10, 1.0, mem=300, limit=800)]
@@ -88,6 +100,24 @@ def test_later_stages_reserve_prefill_rate():
     other = row("other", 80_000, 0.1)
     res = plan_worker(to_items([chain, other]), LIN, 0.0, 0, [0.1])
     assert len(res.admitted) == 1
+
+
+def test_what_fits_next_to_a_reserved_stage_still_fits_when_the_stage_arrives():
+    # "chain" decodes (10 tokens a batch) and waits for a 50k-token stage with a 0.3 s TTFT: two
+    # whole batches of 0.1 s once it arrives. When it does arrive (due 0.2 s, same plan time), its
+    # decode token and its 50k prefill are both charged, so the reservation must be their sum.
+    def before(x):
+        return [row("chain", 0, math.inf, forced=True, future=((50_000, 0, 0.3),)), row("c", x, 0.2)]
+
+    def after(x):
+        return [row("chain", 50_000, 0.2, forced=True), row("c", x, 0.2, forced=True)]
+
+    admitted = []
+    for x in (147_000, 147_950, 147_970):      # 2 × (99k − 25,020) = 147,960 is the exact limit
+        if plan_worker(to_items(before(x)), LIN, 0.0, 0, [0.1]).admitted == ("c",):
+            admitted.append(x)
+            assert plan_worker(to_items(after(x)), LIN, 0.0, 0, [0.1]).at_risk == ()
+    assert admitted == [147_000, 147_950]
 
 
 def test_rows_beyond_the_horizon_skip_the_dp_but_are_still_decided():
