@@ -5,12 +5,14 @@
 1. Start a live cluster with one colocated worker (the embedded default model, FCFS: no
    admission control, the engine's own chunked-prefill continuous batching) and calibrate its
    batch-time model on the worker (``tandem calibrate``'s procedure).
-2. Replay single-stage requests (Azure conversation lengths, scaled to the CPU budget, Poisson
+2. Replay a warm-up set, then the measured set of single-stage requests (Azure conversation lengths, scaled to the CPU budget, Poisson
    arrivals) and record each request's TTFT and TPOT as the controller measured them.
 3. Simulate the same requests (same arrival times and lengths) on one modelled colocated worker
    with the same KV capacity, Sarathi-style chunked batching under the engine's token budget, and
-   the batch-time model from step 1 ("startup") and the model refitted on the run's own steps
-   ("online"). Report p50 TTFT and TPOT, live vs simulated, and the relative error.
+   the batch-time model from step 1 ("startup") and the model the controller refitted on the
+   steps of a warm-up run with other requests before the measured one ("online": held out,
+   not fitted on the steps it predicts). Report p50 TTFT and TPOT, live vs simulated, and the
+   relative error.
 """
 
 from __future__ import annotations
@@ -59,16 +61,18 @@ def main() -> None:
     ap.add_argument("--model")
     ap.add_argument("--json")
     args = ap.parse_args()
-    spec = WorkloadSpec(duration_s=args.duration, rate=args.rate, seed=1)
-    planned = planned_requests(spec)
+    warm = planned_requests(WorkloadSpec(duration_s=args.duration, rate=args.rate, seed=7))
+    planned = planned_requests(WorkloadSpec(duration_s=args.duration, rate=args.rate, seed=1))
     res = WorkerResources(num_cpus=args.threads, threads=args.threads)
     config = ClusterConfig(model=args.model, colocated_workers=1, colocated_resources=res, policy="fcfs",
                            num_blocks=2048, calibration_steps=96, max_num_batched_tokens=1024, ready_timeout_s=900)
     handle = build_cluster(config)
     try:
         startup = asyncio.run(handle._call("perf_model"))
+        asyncio.run(run_workload(handle, [replace(p, request=replace(p.request, request_id="warm-" + p.request.request_id))
+                                          for p in warm]))
+        online = asyncio.run(handle._call("perf_model"))      # refitted on the warm-up run's steps only
         outcomes, wall = asyncio.run(run_workload(handle, planned))
-        online = asyncio.run(handle._call("perf_model"))
         import ray
 
         kv_tokens = ray.get(handle.workers["c0"].stats.remote(), timeout=60).kv_capacity_tokens
