@@ -106,6 +106,7 @@ class Engine:
         first = min(r.arrival_s for r in requests)
         # the workers as snapshots show them, in worker order (see _snapshot_workers)
         self._view = [w if w.busy_until_s <= first else replace(w, busy_until_s=first) for w in workers]
+        self._shown_version: dict[str, int] = {}     # segment version each shown busy_until came from
         self._slot = {w.id: i for i, w in enumerate(workers)}
         self._running: dict[str, None] = {}          # workers with a segment, in start order
         self.seg: dict[str, Segment | None] = {w: None for w in self.workers}
@@ -183,12 +184,16 @@ class Engine:
         running workers, not the cluster size.
         """
         view, slot, seg, now, after = self._view, self._slot, self.seg, self.now, bisect.bisect_right
+        seen = self._shown_version
         for wid in self._running:
             s = seg[wid]           # busy until the end of the step in progress (the next may differ)
-            j = after(s.ends, now, 0, s.steps)
-            busy = s.ends[j if j < s.steps else s.steps - 1]
             i = slot[wid]
             w = view[i]
+            if now < w.busy_until_s and seen.get(wid) == s.version:
+                continue           # same segment, same step still in progress: nothing to redo
+            j = after(s.ends, now, 0, s.steps)
+            busy = s.ends[j if j < s.steps else s.steps - 1]
+            seen[wid] = s.version
             if w.busy_until_s != busy:
                 view[i] = _busy_until(w, busy)
         return tuple(view)
