@@ -146,6 +146,7 @@ class Finished:
     slo_met: bool                   # every stage met its TTFT and TPOT
     e2e_s: float
     retries: int                    # re-prefills after a worker or transfer failure
+    handoff_s: float = 0.0          # KV transfer time (receive + import), all handoffs of the request
 
 
 @dataclass(frozen=True)

@@ -55,6 +55,7 @@ class Tracked:
     decode_worker: str | None = None
     max_tokens_cap: int | None = None
     retries: int = 0
+    handoff_s: float = 0.0
     cancelled: bool = False
 
     def __post_init__(self) -> None:
@@ -153,4 +154,4 @@ class Tracked:
         last = self.stage_results[-1] if self.stage_results else None
         return Finished(self.id, self.admission, len(self.req.prompt_token_ids), self.completion_tokens,
                         last.finish_reason if last else "abort", all(s.slo_met for s in self.stage_results),
-                        now - self.arrival, self.retries)
+                        now - self.arrival, self.retries, self.handoff_s)

@@ -75,6 +75,7 @@ class TandemIngress:
         from deploy.grpc_server import serve_grpc
         from deploy.metrics import ServingMetrics
         from deploy.openai_api import make_app
+        from deploy.tracing import TracedBackend, configure_tracing
 
         cfg = ServeConfig.model_validate(config)
         loop = asyncio.get_running_loop()
@@ -93,6 +94,9 @@ class TandemIngress:
         metrics = ServingMetrics(info.name)
         self._autoscaler = _autoscaler(self._handle, cfg) if cfg.models is None else None
         backend = self._handle if self._autoscaler is None else self._autoscaler.backend
+        provider = configure_tracing(cfg.tracing)
+        if provider is not None:                      # per-request spans when an exporter is set
+            backend = TracedBackend(backend, provider.get_tracer("tandem"))
         self._grpc = await serve_grpc(backend, tokenizer, auth, GRPC_HOST, cfg.grpc_port)
         self._app = make_app(backend, tokenizer, metrics, auth, max_body_bytes=cfg.max_body_bytes,
                              default_max_tokens=cfg.default_max_tokens, tokenizers=tokenizers)

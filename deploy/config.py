@@ -57,6 +57,7 @@ class ServeConfig(BaseModel):
     autoscale: AutoscaleConfig | None = AutoscaleConfig()
     autoscale_interval_s: float = Field(10.0, gt=0)
     models: dict[str, ServedModel] | None = None
+    tracing: str | None = None          # console | otlp | none; None: $OTEL_TRACES_EXPORTER (unset: off)
 
     @model_validator(mode="after")
     def _distinct_ports(self) -> "ServeConfig":
