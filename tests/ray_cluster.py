@@ -40,3 +40,14 @@ def local_ray(prefix: str = "tray"):
         shutil.rmtree(temp, ignore_errors=True)
         for k, v in saved.items():
             os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+
+
+def tiny_cluster_config(model_dir, **overrides):
+    """The test clusters' ``ClusterConfig``: a tiny model on CPU in fp32 with torch kernels, half a
+    CPU per worker, a short calibration and SLOs loose enough for a shared 2-core machine."""
+    from cluster.config import ClusterConfig
+
+    base = dict(model=str(model_dir), device="cpu", dtype="float32", kernels="torch", num_blocks=256,
+                calibration_steps=32, prefill_resources={"num_cpus": 0.5}, decode_resources={"num_cpus": 0.5},
+                scenario="chatbot", slo_scale=50.0, min_ttft_s=5.0)
+    return ClusterConfig(**{**base, **overrides})

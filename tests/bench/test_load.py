@@ -204,13 +204,9 @@ class LoopThread:
 def cluster(llama_dir):
     pytest.importorskip("ray")
     from cluster.builder import build_cluster
-    from cluster.config import ClusterConfig
-    from tests.ray_cluster import local_ray
+    from tests.ray_cluster import local_ray, tiny_cluster_config
 
-    config = ClusterConfig(model=str(llama_dir), device="cpu", dtype="float32", kernels="torch", num_blocks=256,
-                           calibration_steps=32, prefill_resources={"num_cpus": 0.5},
-                           decode_resources={"num_cpus": 0.5}, scenario="chatbot", slo_scale=50.0,
-                           min_ttft_s=5.0)
+    config = tiny_cluster_config(llama_dir)
     with local_ray("tload"):
         handle = build_cluster(config)
         try:

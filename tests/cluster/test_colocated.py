@@ -11,15 +11,12 @@ ray = pytest.importorskip("ray")
 
 from cluster.api import Finished, GenerateRequest, StageSpec, StageDone, TokenChunk  # noqa: E402
 from cluster.builder import build_cluster  # noqa: E402
-from cluster.config import ClusterConfig  # noqa: E402
 from tests.cluster.conftest import PARAMS, make_prompts  # noqa: E402
-from tests.ray_cluster import local_ray  # noqa: E402
+from tests.ray_cluster import local_ray, tiny_cluster_config  # noqa: E402
 
 
 def test_colocated_cluster_matches_the_engine(llama_dir, reference):
-    config = ClusterConfig(model=str(llama_dir), device="cpu", dtype="float32", kernels="torch", num_blocks=256,
-                           colocated_workers=2, calibration_steps=32, colocated_resources={"num_cpus": 0.5},
-                           slo_scale=50.0, min_ttft_s=5.0)
+    config = tiny_cluster_config(llama_dir, colocated_workers=2, colocated_resources={"num_cpus": 0.5})
     reqs = [GenerateRequest(f"c{i}", tuple(p), PARAMS) for i, p in enumerate(make_prompts())]
     staged = GenerateRequest("cs", tuple(range(3, 30)), {"temperature": 0, "max_tokens": 4, "ignore_eos": True},
                              scenario="reasoning", stages=(StageSpec((9, 10, 11), max_tokens=3),))

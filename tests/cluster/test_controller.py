@@ -15,20 +15,16 @@ ray = pytest.importorskip("ray")
 from cluster.api import (Admitted, ErrorKind, Failed, Finished, GenerateRequest, StageDone,  # noqa: E402
                          StageSpec, TokenChunk)
 from cluster.builder import build_cluster  # noqa: E402
-from cluster.config import ClusterConfig  # noqa: E402
 from router.request import Lane  # noqa: E402
 from tests.cluster.conftest import PARAMS, make_prompts  # noqa: E402
-from tests.ray_cluster import local_ray  # noqa: E402
+from tests.ray_cluster import local_ray, tiny_cluster_config  # noqa: E402
 
 TIMEOUT = 120
 
 
 @pytest.fixture(scope="module")
 def cluster(llama_dir):
-    config = ClusterConfig(model=str(llama_dir), device="cpu", dtype="float32", kernels="torch", num_blocks=256,
-                           calibration_steps=32, prefill_resources={"num_cpus": 0.5},
-                           decode_resources={"num_cpus": 0.5}, scenario="chatbot", slo_scale=50.0,
-                           min_ttft_s=5.0)
+    config = tiny_cluster_config(llama_dir)
     with local_ray("tctl"):
         handle = build_cluster(config)
         try:

@@ -17,8 +17,7 @@ ray = pytest.importorskip("ray")
 
 from cluster.api import ErrorKind, Failed, Finished, GenerateRequest, TokenChunk  # noqa: E402
 from cluster.builder import build_cluster  # noqa: E402
-from cluster.config import ClusterConfig  # noqa: E402
-from tests.ray_cluster import local_ray, shm_segments  # noqa: E402
+from tests.ray_cluster import local_ray, shm_segments, tiny_cluster_config  # noqa: E402
 
 DEADLINE = 120          # seconds: every test's requests end (Finished or Failed) within this
 PARAMS = {"temperature": 0, "max_tokens": 40, "ignore_eos": True}
@@ -26,11 +25,8 @@ PARAMS = {"temperature": 0, "max_tokens": 40, "ignore_eos": True}
 
 @pytest.fixture(scope="module")
 def cluster(llama_dir):
-    config = ClusterConfig(
-        model=str(llama_dir), device="cpu", dtype="float32", kernels="torch", num_blocks=256, decode_workers=2,
-        calibration_steps=32, prefill_resources={"num_cpus": 0.5}, decode_resources={"num_cpus": 0.5},
-        min_ttft_s=30.0, slo_scale=100.0, health_interval_s=0.5, max_retries=3, handoff_deadline_s=20.0,
-        pull_deadline_s=3.0)
+    config = tiny_cluster_config(llama_dir, decode_workers=2, min_ttft_s=30.0, slo_scale=100.0,
+                                 health_interval_s=0.5, max_retries=3, handoff_deadline_s=20.0, pull_deadline_s=3.0)
     with local_ray("tfail"):
         handle = build_cluster(config)
         try:

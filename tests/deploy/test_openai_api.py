@@ -20,11 +20,10 @@ httpx = pytest.importorskip("httpx")
 uvicorn = pytest.importorskip("uvicorn")
 
 from cluster.builder import build_cluster  # noqa: E402
-from cluster.config import ClusterConfig  # noqa: E402
 from deploy.auth import api_key_auth  # noqa: E402
 from deploy.metrics import ServingMetrics  # noqa: E402
 from deploy.openai_api import make_app  # noqa: E402
-from tests.ray_cluster import local_ray  # noqa: E402
+from tests.ray_cluster import local_ray, tiny_cluster_config  # noqa: E402
 
 TIMEOUT = 60.0
 KEYS = {"key-a": "tenant-a", "key-b": "tenant-b"}
@@ -61,10 +60,7 @@ class UvicornThread:
 
 @pytest.fixture(scope="module")
 def cluster(llama_dir):
-    config = ClusterConfig(model=str(llama_dir), device="cpu", dtype="float32", kernels="torch", num_blocks=256,
-                           calibration_steps=32, prefill_resources={"num_cpus": 0.5},
-                           decode_resources={"num_cpus": 0.5}, scenario="chatbot", slo_scale=50.0,
-                           min_ttft_s=5.0)
+    config = tiny_cluster_config(llama_dir)
     with local_ray("toai"):
         handle = build_cluster(config)
         try:

@@ -10,10 +10,9 @@ ray = pytest.importorskip("ray")
 httpx = pytest.importorskip("httpx")
 
 from client import TandemClient  # noqa: E402
-from cluster.config import ClusterConfig  # noqa: E402
 from deploy.config import ServeConfig  # noqa: E402
 from tests.deploy.test_openai_api import free_port  # noqa: E402
-from tests.ray_cluster import local_ray  # noqa: E402
+from tests.ray_cluster import local_ray, tiny_cluster_config  # noqa: E402
 
 TIMEOUT = 60.0
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -25,10 +24,7 @@ def deployed(llama_dir):
 
     from deploy.app import deploy_app
 
-    cluster = ClusterConfig(model=str(llama_dir), device="cpu", dtype="float32", kernels="torch", num_blocks=256,
-                            calibration_steps=32, prefill_resources={"num_cpus": 0.5},
-                            decode_resources={"num_cpus": 0.5}, slo_scale=50.0, min_ttft_s=5.0,
-                            ready_timeout_s=120.0)
+    cluster = tiny_cluster_config(llama_dir, ready_timeout_s=120.0)
     config = ServeConfig(cluster=cluster, http_port=free_port(), grpc_port=free_port(),
                          api_keys={"key-s": "tenant-s"}, controller_name="tandem-serve-test")
     with local_ray("tserve"):
