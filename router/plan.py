@@ -25,7 +25,9 @@ class WorkerRole(str, Enum):
 
 @dataclass(frozen=True)
 class WorkerState:
-    """A worker as the caller sees it. `busy_until_s`: when its in-flight batch ends (<= now: idle)."""
+    """A worker as the caller sees it. `busy_until_s`: when its in-flight batch ends (<= now: idle);
+    read for workers that run prefill (colocated and prefill workers) only, so a caller need not
+    keep it current for decode workers."""
 
     id: str
     role: WorkerRole

@@ -107,6 +107,7 @@ class Engine:
         # the workers as snapshots show them, in worker order (see _snapshot_workers)
         self._view = [w if w.busy_until_s <= first else replace(w, busy_until_s=first) for w in workers]
         self._shown_version: dict[str, int] = {}     # segment version each shown busy_until came from
+        self._decoders = {w.id for w in workers if w.role is WorkerRole.DECODE}
         self._slot = {w.id: i for i, w in enumerate(workers)}
         self._running: dict[str, None] = {}          # workers with a segment, in start order
         self.seg: dict[str, Segment | None] = {w: None for w in self.workers}
@@ -178,14 +179,18 @@ class Engine:
     def _snapshot_workers(self) -> tuple[WorkerState, ...]:
         """The workers as the next snapshot shows them; only running workers are recomputed.
 
-        A running worker shows the end of its step in progress. An idle worker keeps the value it
+        A running prefill or colocated worker shows the end of its step in progress; decode workers
+        keep their first value (``WorkerState``: the scheduler does not read it for them). An idle
+        worker keeps the value it
         showed last (the end of a step that is over, or the first arrival): any value <= now means
         idle (WorkerState's contract), so its object is reused and the per-plan cost follows the
         running workers, not the cluster size.
         """
         view, slot, seg, now, after = self._view, self._slot, self.seg, self.now, bisect.bisect_right
-        seen = self._shown_version
+        seen, decoders = self._shown_version, self._decoders
         for wid in self._running:
+            if wid in decoders:    # the scheduler reads busy_until_s only where prefill runs (plan.py)
+                continue
             s = seg[wid]           # busy until the end of the step in progress (the next may differ)
             i = slot[wid]
             w = view[i]
