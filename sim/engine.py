@@ -181,10 +181,9 @@ class Engine:
 
         A running prefill or colocated worker shows the end of its step in progress; decode workers
         keep their first value (``WorkerState``: the scheduler does not read it for them). An idle
-        worker keeps the value it
-        showed last (the end of a step that is over, or the first arrival): any value <= now means
-        idle (WorkerState's contract), so its object is reused and the per-plan cost follows the
-        running workers, not the cluster size.
+        worker keeps the value it showed last (the end of a step that is over, or the first
+        arrival): any value <= now means idle (WorkerState's contract), so its object is reused and
+        the per-plan cost follows the running prefill workers, not the cluster size.
         """
         view, slot, seg, now, after = self._view, self._slot, self.seg, self.now, bisect.bisect_right
         seen, decoders = self._shown_version, self._decoders
