@@ -14,10 +14,10 @@ rejection; any other non-200 status, error event, transport error or timeout is 
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 
 from bench.load_record import RequestRecord, Status, StreamTimer
+from bench.openai_client import sse_objects
 from bench.load_workload import PlannedRequest, prompt_words
 
 try:
@@ -80,13 +80,7 @@ class HttpSender:
                     text = (await resp.aread()).decode(errors="replace")
                     status = Status.REJECTED if resp.status_code == 429 else Status.FAILED
                     return status, f"HTTP {resp.status_code}: {text[:300]}", _float(resp.headers.get("retry-after"))
-                async for line in resp.aiter_lines():
-                    if not line.startswith("data:"):
-                        continue
-                    data = line[5:].strip()
-                    if data == "[DONE]":
-                        break
-                    obj = json.loads(data)
+                async for obj in sse_objects(resp):
                     if "error" in obj:
                         err = obj["error"] if isinstance(obj["error"], dict) else {"message": obj["error"]}
                         status = Status.REJECTED if err.get("code") == "rejected" else Status.FAILED

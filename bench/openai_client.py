@@ -42,6 +42,17 @@ class RequestResult:
         return self.error is None
 
 
+async def sse_objects(resp):
+    """The JSON objects of an OpenAI-style SSE response (``data: {...}`` lines), up to ``[DONE]``."""
+    async for line in resp.aiter_lines():
+        if not line.startswith("data:"):
+            continue
+        data = line[5:].strip()
+        if data == "[DONE]":
+            return
+        yield json.loads(data)
+
+
 def random_requests(n: int, prompt_len: int, max_tokens: int, *, lo: int = 100,
                     hi: int = 40000, seed: int = 0) -> list[tuple[list[int], int]]:
     """``n`` (prompt ids uniform in [lo, hi), max_tokens) pairs; deterministic for ``seed``."""
@@ -65,13 +76,7 @@ async def _one(client: httpx.AsyncClient, url: str, i: int, prompt: list[int], m
                 text = (await resp.aread()).decode(errors="replace")
                 error = f"HTTP {resp.status_code}: {text[:300]}"
                 return
-            async for line in resp.aiter_lines():
-                if not line.startswith("data:"):
-                    continue
-                data = line[5:].strip()
-                if data == "[DONE]":
-                    break
-                obj = json.loads(data)
+            async for obj in sse_objects(resp):
                 if "error" in obj:
                     error = f"stream error: {str(obj['error'])[:300]}"
                     return
