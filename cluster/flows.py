@@ -287,8 +287,7 @@ class RequestFlows:
         tokens = t.begin_next_stage(time.monotonic())
         slot = self.slots.get(t.decode_worker or "")
         if slot is None or not slot.healthy:
-            t.restart_prefill()
-            t.retries -= 1                      # moving a stage is not a failure
+            t.restart_prefill(failure=False)
             self._enqueue(t)
             return
         await self._start_local(slot, t, tokens)
@@ -310,8 +309,10 @@ class RequestFlows:
         if slot is not None:
             self._leave_decode(slot, t)
             await self._abort_on(slot, t.id)
-        t.retries -= 1                          # a preemption is a policy decision, not a failure
-        await self._retry(t, why)
+        if t.id in self.tracked and not t.cancelled:   # a preemption is a policy decision, not a failure
+            log.info("request %s: %s; prefilling it again", t.id, why)
+            t.restart_prefill(failure=False)
+            self._enqueue(t)
 
     async def _health_loop(self) -> None:
         while True:

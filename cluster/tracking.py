@@ -142,10 +142,11 @@ class Tracked:
                              decoded=0, context_tokens=len(self.tokens))
         return list(self.tokens)
 
-    def restart_prefill(self) -> None:
-        """The KV was lost (worker death, failed transfer, preemption): prefill again from the
-        conversation so far; tokens already streamed stay streamed."""
-        self.retries += 1
+    def restart_prefill(self, failure: bool = True) -> None:
+        """Prefill again from the conversation so far (tokens already streamed stay streamed).
+        ``failure``: the KV was lost (worker death, failed transfer) and this counts as a retry;
+        False for a policy move (preemption, a stage whose worker is gone before it started)."""
+        self.retries += int(failure)
         self.where = Where.QUEUED
         self.state = replace(self.state, phase=Phase.WAITING, prefilled=0)
 

@@ -66,7 +66,8 @@ class RequestSpans:
         self.tracer, self.req, self.clock = tracer, req, clock
         self.offset = time.time() - clock()               # monotonic → wall clock
         self.start = clock()
-        self.decided = self.first = self.stage_end = None
+        self.decided = self.first = None
+        self.stages: list[tuple[int, float]] = []     # (stage, when its StageDone arrived)
         self.attrs = {"tandem.request_id": req.request_id, "tandem.lane": req.lane.value,
                       "tandem.tenant": req.tenant}
 
@@ -89,7 +90,7 @@ class RequestSpans:
             self.first = now
         elif isinstance(item, StageDone):
             self.attrs[f"tandem.stage{item.stage}.slo_met"] = item.slo_met
-            self.stages = getattr(self, "stages", []) + [(item.stage, now)]
+            self.stages.append((item.stage, now))
         elif isinstance(item, (Finished, Failed)):
             self._finish(item, now)
 
@@ -111,9 +112,8 @@ class RequestSpans:
             handoff = item.handoff_s if isinstance(item, Finished) else 0.0
             if handoff > 0:
                 self._span("handoff", self.first, self.first + handoff, root)
-            stages = getattr(self, "stages", [])
             prev = self.first
-            for stage, end in stages:
+            for stage, end in self.stages:
                 self._span("decode" if stage == 0 else f"stage {stage}", prev, end, root)
                 prev = end
         if isinstance(item, Failed):
