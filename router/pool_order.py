@@ -6,6 +6,7 @@ SLO mode (colocated, the plan's guarantee):
     ├─ every admitted decoding request: 1 token, costs w(ctx)            (mandatory)
     ├─ admitted prefill chunks by deadline (or most urgent first), until B is spent
     └─ leftovers: best-effort decode (shortest remaining first), then best-effort prefill
+       (a new best-effort request starts only while its KV reservation fits)
 
 Admitted work is placed before any best-effort work and the budget is the same with or without
 best effort, so best effort never takes tokens from admitted requests and every batch stays
@@ -138,6 +139,24 @@ def _memory_admits(queue: list[RequestState], resident: list[RequestState], capa
     return out
 
 
+def _best_effort_fits(queue: list[RequestState], resident: list[RequestState],
+                      capacity: int) -> list[RequestState]:
+    """Best-effort prefill that may run: started ones always, a new one only while its
+    reservation fits next to every admitted reservation (started or not: the plan counted on
+    them) and the started best-effort work. Without this, best effort would overcommit KV
+    between plans (the plan's preemption only catches it afterwards)."""
+    held = sum(r.reserved_tokens for r in resident
+               if r.admission is Admission.ADMITTED or _started(r))
+    out = []
+    for r in queue:
+        if not _started(r):
+            if held + r.reserved_tokens > capacity:
+                continue
+            held += r.reserved_tokens
+        out.append(r)
+    return out
+
+
 def _ordered(waiting: list[RequestState], order: tuple[str, ...]) -> list[RequestState]:
     rank = {rid: i for i, rid in enumerate(order)}
     return sorted(waiting, key=lambda r: (rank.get(r.id, len(rank)), r.request.arrival_s, r.id))
@@ -175,7 +194,7 @@ def form_batch(now_s: float, resident: list[RequestState], directive: Directive,
                     cap -= cost
         be_wait = sorted((r for r in wait if r.admission is Admission.BEST_EFFORT),
                          key=lambda r: (r.request.arrival_s, r.id))
-        more, _ = _slo_fill(be_wait, cap, b)
+        more, _ = _slo_fill(_best_effort_fits(be_wait, live, kv_capacity), cap, b)
         return _batch(directive.worker_id, chunks + more, decode, model)
     if mode is BatchMode.DECODE_ONLY:
         mandatory = [r for r in dec if r.admission is Admission.ADMITTED]

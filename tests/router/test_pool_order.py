@@ -60,3 +60,16 @@ def test_baseline_modes_wait_for_kv_memory(exact_model):
     rs = [_wait("p1", 800, 1.0), _wait("p2", 800, 1.0)]
     b = form_batch(0.0, rs, Directive("w0", BatchMode.CHUNKED, 10.0, 4096, ("p1", "p2")), exact_model, 1000)
     assert [c.request_id for c in b.chunks] == ["p1"]
+
+
+def test_best_effort_prefill_starts_only_while_its_kv_reservation_fits(exact_model):
+    adm = _wait("a", 400, 1.0)                                  # admitted, not started: still counted
+    be1 = _wait("b1", 300, 1.0, adm=Admission.BEST_EFFORT, arrival=0.1)
+    be2 = _wait("b2", 300, 1.0, adm=Admission.BEST_EFFORT, arrival=0.2)
+    cap = adm.reserved_tokens + be1.reserved_tokens             # room for one best-effort start
+    b = form_batch(0.0, [adm, be1, be2], Directive("w0", BatchMode.SLO, 0.5, 0), exact_model, cap)
+    assert [c.request_id for c in b.chunks] == ["a", "b1"]
+    started = RequestState(be2.request, admission=Admission.BEST_EFFORT, prefilled=100, context_tokens=100,
+                           prefill_worker="w0", decode_worker="w0")   # started: always continues
+    b = form_batch(0.0, [adm, be1, started], Directive("w0", BatchMode.SLO, 0.5, 0), exact_model, cap)
+    assert [c.request_id for c in b.chunks] == ["a", "b2"]
