@@ -3,6 +3,7 @@
     from client import TandemClient, Stage
     with TandemClient.connect("127.0.0.1:50051", api_key="...") as c:
         print(c.complete("Hello", max_tokens=16, scenario="chatbot").text)
+        result = c.complete("Hello", model="small")   # a served model; result.model: who served it
 
 ``TandemClient`` blocks; ``AsyncTandemClient`` is the asyncio twin. Streams yield the events of
 ``client.events``; failures raise ``TandemError(code, message, retry_after)``.

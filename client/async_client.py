@@ -122,7 +122,8 @@ class AsyncTandemClient:
 
     async def complete(self, prompt: str | Sequence[int], *, timeout: float | None = None,
                        **options) -> Completion:
-        """Run a request to the end; the full text, token ids, stages and summary."""
+        """Run a request to the end; the full text, token ids, stages, summary and the
+        served model (``Completion.model``)."""
         async with self.generate(prompt, timeout=timeout, **options) as stream:
             builder = CompletionBuilder(stream.request_id)
             async for event in stream:

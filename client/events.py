@@ -5,7 +5,10 @@
     StageDone       at the end of every stage
     Finished        last event of a successful request
 
-``Completion`` is what ``complete()`` returns: the whole text plus the summary.
+``Completion`` is what ``complete()`` returns: the whole text plus the summary. ``model`` on
+Admitted, Finished and Completion is the served model that took the request (it may differ from
+the one asked for: lane rules, capability routing, overload fallback); None from a server that
+does not say.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ class Admitted:
     decode_worker: str
     max_tokens_cap: int | None      # set when overload capped max_tokens
     queue_ms: float
+    model: str | None = None        # the served model that took the request
 
 
 @dataclass(frozen=True)
@@ -61,6 +65,7 @@ class Finished:
     slo_met: bool
     e2e_ms: float
     retries: int
+    model: str | None = None        # the served model that took the request
 
 
 Event = Union[Admitted, Chunk, StageDone, Finished]
@@ -74,6 +79,11 @@ class Completion:
     stages: tuple[StageDone, ...]
     finished: Finished
 
+    @property
+    def model(self) -> str | None:
+        """The served model that took the request."""
+        return self.finished.model
+
 
 def _optional(msg, name: str):
     return getattr(msg, name) if msg.HasField(name) else None
@@ -81,7 +91,7 @@ def _optional(msg, name: str):
 
 def _admitted(rid: str, m: pb.Admitted) -> Admitted:
     return Admitted(rid, m.admission, m.prefill_worker, m.decode_worker,
-                    _optional(m, "max_tokens_cap"), m.queue_ms)
+                    _optional(m, "max_tokens_cap"), m.queue_ms, m.model or None)
 
 
 def _chunk(rid: str, m: pb.Chunk) -> Chunk:
@@ -96,7 +106,7 @@ def _stage_done(rid: str, m: pb.StageDone) -> StageDone:
 
 def _finished(rid: str, m: pb.Finished) -> Finished:
     return Finished(rid, m.admission, m.prompt_tokens, m.completion_tokens, m.finish_reason,
-                    m.slo_met, m.e2e_ms, m.retries)
+                    m.slo_met, m.e2e_ms, m.retries, m.model or None)
 
 
 _FROM_PROTO = {"admitted": _admitted, "chunk": _chunk, "stage_done": _stage_done,

@@ -46,9 +46,11 @@ def build_request(prompt: str | Sequence[int], *, max_tokens: int | None = None,
                   lane: str = "interactive", scenario: str | None = None,
                   ttft_ms: float | None = None, tpot_ms: float | None = None,
                   stages: Sequence[Stage] = (), session_id: str | None = None,
-                  request_id: str | None = None) -> pb.GenerateRequest:
+                  request_id: str | None = None, model: str | None = None) -> pb.GenerateRequest:
     """The wire request; ``prompt`` is text or token ids. ``request_id`` defaults to a fresh
-    uuid so the caller knows it before the first event (for ``client.cancel``)."""
+    uuid so the caller knows it before the first event (for ``client.cancel``). ``model`` names
+    a served model (None: the server's default); the one that served the request may differ and
+    is ``Admitted.model`` / ``Finished.model``."""
     if lane not in _LANES:
         raise ValueError(f"unknown lane {lane!r}; known: {sorted(_LANES)}")
     text, ids = (prompt, ()) if isinstance(prompt, str) else ("", tuple(prompt))
@@ -57,4 +59,5 @@ def build_request(prompt: str | Sequence[int], *, max_tokens: int | None = None,
     return pb.GenerateRequest(
         request_id=request_id or new_request_id(), prompt=text, prompt_token_ids=ids,
         sampling=sampling, lane=_LANES[lane], scenario=scenario or "", ttft_ms=ttft_ms,
-        tpot_ms=tpot_ms, stages=[s.to_proto() for s in stages], session_id=session_id or "")
+        tpot_ms=tpot_ms, stages=[s.to_proto() for s in stages], session_id=session_id or "",
+        model=model or "")

@@ -111,13 +111,14 @@ class TandemClient:
                  **options) -> GenerateStream:
         """A lazy stream of events; ``options`` are ``client.request.build_request``'s
         (max_tokens, temperature, top_p, top_k, seed, stop, ignore_eos, lane, scenario,
-        ttft_ms, tpot_ms, stages, session_id, request_id)."""
+        ttft_ms, tpot_ms, stages, session_id, request_id, model)."""
         request = build_request(prompt, **options)
         return GenerateStream(self._stub, request, self._metadata, timeout, self._retry)
 
     def complete(self, prompt: str | Sequence[int], *, timeout: float | None = None,
                  **options) -> Completion:
-        """Run a request to the end; the full text, token ids, stages and summary."""
+        """Run a request to the end; the full text, token ids, stages, summary and the
+        served model (``Completion.model``)."""
         with self.generate(prompt, timeout=timeout, **options) as stream:
             builder = CompletionBuilder(stream.request_id)
             for event in stream:

@@ -4,6 +4,8 @@ The controller (``cluster.controller``) speaks only these types; the HTTP/gRPC f
 them to their wire formats::
 
     GenerateRequest ──controller.generate──▶ stream of StreamItem:
+        Routed            first, only from a multi-model front (deploy.multi_backend): the
+                          served model and version that took the request
         Admitted          once, when the scheduler decided (admitted or best effort)
         TokenChunk ...    as tokens are produced (the first one as soon as prefill samples it)
         StageDone         at the end of every stage (per-stage TTFT/TPOT and whether it met its SLO)
@@ -27,6 +29,7 @@ from router.request import Lane
 class ErrorKind(str, Enum):
     INVALID = "invalid_request"          # 400 / INVALID_ARGUMENT
     UNAUTHENTICATED = "unauthenticated"  # 401 / UNAUTHENTICATED
+    FORBIDDEN = "forbidden"              # 403 / PERMISSION_DENIED (a valid key without the right)
     NOT_FOUND = "not_found"              # 404 / NOT_FOUND
     REJECTED = "rejected"                # 429 / RESOURCE_EXHAUSTED (+ retry_after_s)
     UNAVAILABLE = "unavailable"          # 503 / UNAVAILABLE (no healthy worker, shutting down)
@@ -44,13 +47,14 @@ class ErrorKind(str, Enum):
         return _GRPC[self]
 
 
-_HTTP = {ErrorKind.INVALID: 400, ErrorKind.UNAUTHENTICATED: 401, ErrorKind.NOT_FOUND: 404,
-         ErrorKind.REJECTED: 429, ErrorKind.UNAVAILABLE: 503, ErrorKind.TIMEOUT: 504,
-         ErrorKind.CANCELLED: 499, ErrorKind.INTERNAL: 500}
+_HTTP = {ErrorKind.INVALID: 400, ErrorKind.UNAUTHENTICATED: 401, ErrorKind.FORBIDDEN: 403,
+         ErrorKind.NOT_FOUND: 404, ErrorKind.REJECTED: 429, ErrorKind.UNAVAILABLE: 503,
+         ErrorKind.TIMEOUT: 504, ErrorKind.CANCELLED: 499, ErrorKind.INTERNAL: 500}
 _GRPC = {ErrorKind.INVALID: "INVALID_ARGUMENT", ErrorKind.UNAUTHENTICATED: "UNAUTHENTICATED",
-         ErrorKind.NOT_FOUND: "NOT_FOUND", ErrorKind.REJECTED: "RESOURCE_EXHAUSTED",
-         ErrorKind.UNAVAILABLE: "UNAVAILABLE", ErrorKind.TIMEOUT: "DEADLINE_EXCEEDED",
-         ErrorKind.CANCELLED: "CANCELLED", ErrorKind.INTERNAL: "INTERNAL"}
+         ErrorKind.FORBIDDEN: "PERMISSION_DENIED", ErrorKind.NOT_FOUND: "NOT_FOUND",
+         ErrorKind.REJECTED: "RESOURCE_EXHAUSTED", ErrorKind.UNAVAILABLE: "UNAVAILABLE",
+         ErrorKind.TIMEOUT: "DEADLINE_EXCEEDED", ErrorKind.CANCELLED: "CANCELLED",
+         ErrorKind.INTERNAL: "INTERNAL"}
 
 
 class ClusterError(Exception):
@@ -88,6 +92,9 @@ class GenerateRequest:
     ``max_tokens`` bounds stage 0). SLO: ``ttft_s``/``tpot_s`` absolute, else ``scenario`` (a
     ``router.slo`` preset, TTFT relative to the modelled prefill time), else the cluster's default.
     ``session_id`` asks for the decode worker that served the session before (prefix cache).
+    ``model`` and ``needs`` matter only to a multi-model front (``deploy.model_router``): the
+    served name asked for, and the capabilities (tags, e.g. "chat") the serving model must have;
+    a single cluster ignores both.
     """
 
     request_id: str
@@ -102,6 +109,19 @@ class GenerateRequest:
     session_id: str | None = None
     tool_risk: float = 0.0
     model: str | None = None        # served model name (multi-model apps route by it; None: default)
+    needs: frozenset[str] = frozenset()   # capabilities the serving model must have (its tags)
+
+
+@dataclass(frozen=True)
+class Routed:
+    """Which served model and version took the request, and why (``deploy.model_router``'s
+    ``RouteReason`` value: requested, lane, capability, fallback). ``model`` may differ from
+    ``GenerateRequest.model``; the fronts report it as the model that served the request."""
+
+    request_id: str
+    model: str
+    version: str
+    reason: str
 
 
 @dataclass(frozen=True)
@@ -160,7 +180,7 @@ class Failed:
         return ClusterError(self.kind, self.message, self.retry_after_s)
 
 
-StreamItem = Union[Admitted, TokenChunk, StageDone, Finished, Failed]
+StreamItem = Union[Routed, Admitted, TokenChunk, StageDone, Finished, Failed]
 
 
 @dataclass(frozen=True)

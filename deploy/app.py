@@ -10,13 +10,14 @@ The ingress replica's constructor (Ray is already up: Serve started it)::
     tokenizer from the model folder · metrics registry · auth from api_keys
     gRPC server (deploy.grpc_server) on 127.0.0.1:grpc_port    ← Serve's own gRPC proxy binds
                                                                  every interface, so we don't use it
-    FastAPI app (deploy.openai_api.make_app) as the replica's ASGI app
+    FastAPI app (deploy.openai_api.make_app) as the replica's ASGI app, with the admin routes
+    (deploy.admin_api: version weights, rollback) behind ``admin_api_keys``
     autoscaler (deploy.autoscale_loop, dry run by default) fed by both fronts' streams,
     its decisions at GET /v1/autoscale
 
 With ``models:`` (deploy.multi_cluster) the replica attaches to or builds one cluster per
 (model, version) and fronts them with a ``deploy.multi_backend.MultiBackend`` (per-model
-tokenizers; no autoscaler yet); the gRPC front serves the default model.
+tokenizers, for both fronts; no autoscaler yet).
 
 Ownership: a replica that built the cluster owns it (the worker actors fate-share with the
 replica's process) and shuts it down in ``__del__``; one that attached leaves it running.
@@ -31,7 +32,7 @@ import time
 
 from ray import serve
 
-from deploy.auth import api_key_auth, keys_from_env
+from deploy.auth import admin_key_auth, admin_keys_from_env, api_key_auth, keys_from_env
 from deploy.config import ServeConfig
 
 log = logging.getLogger("ray.serve")
@@ -72,6 +73,7 @@ class TandemIngress:
     async def __init__(self, config: dict):
         from transformers import AutoTokenizer
 
+        from deploy.admin_api import mount_admin_routes
         from deploy.grpc_server import serve_grpc
         from deploy.metrics import ServingMetrics
         from deploy.openai_api import make_app
@@ -97,9 +99,11 @@ class TandemIngress:
         provider = configure_tracing(cfg.tracing)
         if provider is not None:                      # per-request spans when an exporter is set
             backend = TracedBackend(backend, provider.get_tracer("tandem"))
-        self._grpc = await serve_grpc(backend, tokenizer, auth, GRPC_HOST, cfg.grpc_port)
+        self._grpc = await serve_grpc(backend, tokenizer, auth, GRPC_HOST, cfg.grpc_port,
+                                      tokenizers=tokenizers)
         self._app = make_app(backend, tokenizer, metrics, auth, max_body_bytes=cfg.max_body_bytes,
                              default_max_tokens=cfg.default_max_tokens, tokenizers=tokenizers)
+        mount_admin_routes(self._app, self._handle, admin_key_auth(cfg.admin_api_keys, cfg.api_keys))
         if self._autoscaler is not None:
             from deploy.autoscale_loop import mount_autoscale_route
 
@@ -124,10 +128,14 @@ class TandemIngress:
 
 
 def build_app(config: ServeConfig):
-    """The bound Serve application for ``config``. API keys from ``$TANDEM_API_KEYS`` (read here,
-    in the caller's process) are merged under ``config.api_keys``."""
+    """The bound Serve application for ``config``. API keys from ``$TANDEM_API_KEYS`` and admin
+    keys from ``$TANDEM_ADMIN_KEYS`` (read here, in the caller's process) are merged with
+    ``config.api_keys`` / ``config.admin_api_keys``; raises ``ValueError`` (pydantic's
+    ``ValidationError``) if the merged keys conflict."""
     keys = {**keys_from_env(), **config.api_keys}
-    config = config.model_copy(update={"api_keys": keys})
+    admin = list(dict.fromkeys([*config.admin_api_keys, *admin_keys_from_env()]))
+    config = ServeConfig.model_validate({**config.model_dump(mode="json"), "api_keys": keys,
+                                         "admin_api_keys": admin})
     deployment = serve.deployment(TandemIngress, name="tandem-ingress", num_replicas=1,
                                   max_ongoing_requests=1024, health_check_timeout_s=60,
                                   graceful_shutdown_timeout_s=STOP_TIMEOUT_S,

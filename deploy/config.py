@@ -4,6 +4,9 @@
     http_host/port:   where Serve's HTTP proxy listens (127.0.0.1:8000)
     grpc_port:        the tandem.v1 gRPC server inside the ingress replica (127.0.0.1 only)
     api_keys:         {key: tenant}; empty → one open tenant "default" (plus $TANDEM_API_KEYS)
+    admin_api_keys:   keys of the admin routes (/admin/models...: version weights, rollback),
+                      never tenant keys; empty → the admin routes are closed (plus
+                      $TANDEM_ADMIN_KEYS, "k1,k2")
     max_body_bytes:   larger HTTP bodies get 413
     default_max_tokens: output limit of a request that sets none (capped by the context window)
     controller_name:  the cluster controller's actor name; a replica attaches to it if it exists
@@ -50,6 +53,7 @@ class ServeConfig(BaseModel):
     http_port: int = Field(8000, ge=1, le=65535)
     grpc_port: int = Field(50051, ge=1, le=65535)
     api_keys: dict[str, str] = Field(default_factory=dict)
+    admin_api_keys: list[str] = Field(default_factory=list)
     max_body_bytes: int = Field(1 << 20, ge=1024)
     default_max_tokens: int = Field(256, ge=1)
     controller_name: str = Field("tandem-controller", min_length=1)
@@ -65,6 +69,10 @@ class ServeConfig(BaseModel):
             raise ValueError("http_port and grpc_port must differ")
         if any(not k or not t for k, t in self.api_keys.items()):
             raise ValueError("api_keys: keys and tenants must be non-empty")
+        if not all(self.admin_api_keys):
+            raise ValueError("admin_api_keys: keys must be non-empty")
+        if set(self.admin_api_keys) & set(self.api_keys):
+            raise ValueError("a key cannot be both a tenant key (api_keys) and an admin key")
         if self.models is not None:
             if self.cluster != ClusterConfig():
                 raise ValueError("set either cluster (one model) or models (several), not both")

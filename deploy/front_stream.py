@@ -7,7 +7,8 @@
 
 Contracts:
 - Every item returned by ``next`` has gone through ``metrics.observe_item`` first; a stream
-  closed before its ``Finished``/``Failed`` is ``metrics.discard``-ed.
+  closed before its ``Finished``/``Failed`` is ``metrics.discard``-ed. A ``Routed`` item
+  relabels the rest of the stream with the model that serves it (``labels.model_name``).
 - ``is_disconnected()`` is asked at most every ``poll_s`` (also while items keep flowing, and
   while waiting for one); once it says True the pending read is cancelled and ``next`` returns
   None. ``close`` then closes the
@@ -19,11 +20,12 @@ Contracts:
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
-from cluster.api import ErrorKind, Failed, Finished, StreamItem
+from cluster.api import ErrorKind, Failed, Finished, Routed, StreamItem
 from deploy.metrics import ServingMetrics
 
 CLOSE_TIMEOUT_S = 60.0
@@ -76,6 +78,8 @@ class FrontStream:
             if await self._client_gone():
                 await self._drop_pending()
                 return None
+        if isinstance(item, Routed):
+            self.labels = dataclasses.replace(self.labels, model_name=item.model)
         labels = self.labels
         self._metrics.observe_item(item, labels.model_name, labels.lane, labels.tenant)
         self.ended = isinstance(item, (Finished, Failed))

@@ -1,12 +1,14 @@
 """Translation between the tandem.v1 wire messages and ``cluster.api``: the gRPC front's edge.
 
     pb.GenerateRequest ──to_generate_request──▶ GenerateRequest    (raises InvalidRequest)
-    StreamItem         ──to_response──────────▶ pb.GenerateResponse (Failed → None: a status)
+    StreamItem         ──to_response──────────▶ pb.GenerateResponse (Failed, Routed → None)
 
 Validation happens here, before the cluster sees anything, so a bad request costs no scheduler
 work: exactly one of prompt / prompt_token_ids, token ids inside the vocabulary, sampling values
 in range, a prompt shorter than the model's length, a known scenario, positive SLOs, stages
-with ``max_tokens >= 1``. Times on the wire are milliseconds, inside they are seconds.
+with ``max_tokens >= 1``. Times on the wire are milliseconds, inside they are seconds. Which
+model ``msg.model`` names is resolved before (``deploy.served_models``): ``model`` here is the
+one it names, and the request carries its name.
 """
 
 from __future__ import annotations
@@ -93,7 +95,8 @@ def to_generate_request(msg: pb.GenerateRequest, request_id: str, tenant: str, e
                         model: ModelInfo | None = None) -> GenerateRequest:
     """Validate ``msg`` and build the cluster request; raises ``InvalidRequest`` on the first
     problem. ``request_id`` is the id to use (the client's, or one the server assigned);
-    ``model`` (when known) bounds token ids by its vocabulary and the prompt by its length."""
+    ``model`` (when known: the model ``msg.model`` names) bounds token ids by its vocabulary and
+    the prompt by its length, and names the request's model (else ``msg.model``, empty: None)."""
     vocab_size = model.vocab_size if model else None
     _check(bool(_REQUEST_ID.fullmatch(request_id)),
            "request_id must be 1-128 characters of letters, digits and ._:-")
@@ -116,16 +119,16 @@ def to_generate_request(msg: pb.GenerateRequest, request_id: str, tenant: str, e
         ttft_s=_ms(msg.ttft_ms, "ttft_ms") if msg.HasField("ttft_ms") else None,
         tpot_s=_ms(msg.tpot_ms, "tpot_ms") if msg.HasField("tpot_ms") else None,
         stages=tuple(_stage(i, s, encode, vocab_size) for i, s in enumerate(msg.stages)),
-        session_id=msg.session_id or None)
+        session_id=msg.session_id or None, model=model.name if model else msg.model or None)
 
 
-def _admitted(item: Admitted) -> pb.Admitted:
+def _admitted(item: Admitted, model: str) -> pb.Admitted:
     return pb.Admitted(admission=item.admission, prefill_worker=item.prefill_worker,
                        decode_worker=item.decode_worker, max_tokens_cap=item.max_tokens_cap,
-                       queue_ms=item.queue_s * 1000.0)
+                       queue_ms=item.queue_s * 1000.0, model=model)
 
 
-def _stage_done(item: StageDone) -> pb.StageDone:
+def _stage_done(item: StageDone, model: str) -> pb.StageDone:
     return pb.StageDone(
         stage=item.stage, prompt_tokens=item.prompt_tokens,
         completion_tokens=item.completion_tokens, ttft_ms=item.ttft_s * 1000.0,
@@ -134,13 +137,14 @@ def _stage_done(item: StageDone) -> pb.StageDone:
         slo_met=item.slo_met, finish_reason=item.finish_reason)
 
 
-def _finished(item: Finished) -> pb.Finished:
+def _finished(item: Finished, model: str) -> pb.Finished:
     return pb.Finished(admission=item.admission, prompt_tokens=item.prompt_tokens,
                        completion_tokens=item.completion_tokens, finish_reason=item.finish_reason,
-                       slo_met=item.slo_met, e2e_ms=item.e2e_s * 1000.0, retries=item.retries)
+                       slo_met=item.slo_met, e2e_ms=item.e2e_s * 1000.0, retries=item.retries,
+                       model=model)
 
 
-def _chunk(item: TokenChunk) -> pb.Chunk:
+def _chunk(item: TokenChunk, model: str) -> pb.Chunk:
     return pb.Chunk(stage=item.stage, token_ids=item.token_ids, text=item.text)
 
 
@@ -148,10 +152,12 @@ _EVENTS = {Admitted: ("admitted", _admitted), TokenChunk: ("chunk", _chunk),
            StageDone: ("stage_done", _stage_done), Finished: ("finished", _finished)}
 
 
-def to_response(item: StreamItem) -> pb.GenerateResponse | None:
-    """The wire message for one stream item; ``None`` for ``Failed`` (it becomes a status)."""
+def to_response(item: StreamItem, model: str = "") -> pb.GenerateResponse | None:
+    """The wire message for one stream item; ``None`` for ``Failed`` (it becomes a status) and
+    ``Routed`` (its model is what ``model`` names: the served model, set on Admitted and
+    Finished)."""
     event = _EVENTS.get(type(item))
     if event is None:
         return None
     name, convert = event
-    return pb.GenerateResponse(request_id=item.request_id, **{name: convert(item)})
+    return pb.GenerateResponse(request_id=item.request_id, **{name: convert(item, model)})

@@ -1,8 +1,12 @@
 """The gRPC front: ``tandem.v1.Tandem`` over any ``cluster.backend.Backend``, plus grpc health.
 
-    Generate:  authenticate ─▶ validate + tokenize ─▶ backend.generate ─▶ write each item
+    Generate:  authenticate ─▶ the model (``model``; empty: the default; unknown: NOT_FOUND
+               naming the served ones) ─▶ validate + tokenize with that model's tokenizer and
+               limits ─▶ backend.generate ─▶ write each item
                Failed(kind) ends the call with status ``kind.grpc_code`` and its message
                (REJECTED also sets trailing metadata ``retry-after``: seconds, decimal).
+               Admitted and Finished name the served model (a ``Routed`` item's, else the
+               model asked for).
     Cancel:    backend.cancel(request_id, caller's tenant); False → NOT_FOUND.
 
 Contracts:
@@ -14,7 +18,8 @@ Contracts:
 - A backend that raises or ends its stream without ``Finished``/``Failed`` breaks its contract;
   the call then ends with INTERNAL.
 - The tokenizer's ``encode(text) -> list[int]`` runs on the event loop (prompts are short next to
-  prefill; a front with huge prompts should pass an encode that offloads).
+  prefill; a front with huge prompts should pass an encode that offloads). ``tokenizers``
+  (served name → tokenizer) overrides it per model, as in the HTTP front.
 """
 
 from __future__ import annotations
@@ -29,9 +34,10 @@ from grpc_health.v1._async import HealthServicer
 
 from client.proto import tandem_pb2 as pb
 from client.proto import tandem_pb2_grpc as pb_grpc
-from cluster.api import ErrorKind, Failed, Finished, GenerateRequest, StreamItem
+from cluster.api import ErrorKind, Failed, Finished, GenerateRequest, Routed, StreamItem
 from cluster.backend import Backend, ModelInfo
 from deploy.grpc_request import InvalidRequest, to_generate_request, to_response
+from deploy.served_models import UnknownModel, model_for
 
 SERVICE_NAME = "tandem.v1.Tandem"
 Authenticate = Callable[[Mapping[str, str]], "str | None"]
@@ -64,8 +70,10 @@ async def _close(stream: AsyncIterator[StreamItem]) -> None:
 class TandemServicer(pb_grpc.TandemServicer):
     """``tandem.v1.Tandem`` on a ``Backend``; see the module docstring for the contracts."""
 
-    def __init__(self, backend: Backend, tokenizer: Tokenizer, authenticate: Authenticate):
+    def __init__(self, backend: Backend, tokenizer: Tokenizer, authenticate: Authenticate,
+                 tokenizers: Mapping[str, Tokenizer] | None = None):
         self._backend, self._tokenizer, self._authenticate = backend, tokenizer, authenticate
+        self._tokenizers = dict(tokenizers or {})
 
     async def _tenant(self, context: grpc.aio.ServicerContext) -> str:
         metadata = {k.lower(): v for k, v in (context.invocation_metadata() or ())
@@ -77,17 +85,23 @@ class TandemServicer(pb_grpc.TandemServicer):
                                 "(metadata 'authorization: Bearer <key>')")
         return tenant
 
-    def _model(self) -> ModelInfo | None:
+    async def _model(self, name: str, context: grpc.aio.ServicerContext) -> ModelInfo | None:
+        """The model ``name`` names (empty: the default); aborts NOT_FOUND for an unknown one.
+        None when the backend cannot tell yet (the cluster then checks the request itself)."""
         try:
-            return self._backend.model_info()
+            return model_for(self._backend, name)
+        except UnknownModel as e:
+            await context.abort(grpc.StatusCode.NOT_FOUND, e.message)
         except Exception:  # noqa: BLE001 - not known yet: the cluster checks the request itself
             return None
 
     async def _request(self, msg: pb.GenerateRequest, tenant: str,
                        context: grpc.aio.ServicerContext) -> GenerateRequest:
         rid = msg.request_id or uuid.uuid4().hex
+        model = await self._model(msg.model, context)
+        tokenizer = self._tokenizers.get(model.name, self._tokenizer) if model else self._tokenizer
         try:
-            return to_generate_request(msg, rid, tenant, self._tokenizer.encode, self._model())
+            return to_generate_request(msg, rid, tenant, tokenizer.encode, model)
         except InvalidRequest as e:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
 
@@ -95,6 +109,7 @@ class TandemServicer(pb_grpc.TandemServicer):
                       context: grpc.aio.ServicerContext) -> Failed | None:
         """Write the backend's items; return the ``Failed`` that ended it (None: Finished)."""
         stream = self._backend.generate(request)
+        served = request.model or ""
         try:
             while True:
                 try:
@@ -107,7 +122,9 @@ class TandemServicer(pb_grpc.TandemServicer):
                                   f"backend error: {type(e).__name__}: {e}")
                 if isinstance(item, Failed):
                     return item
-                msg = to_response(item)
+                if isinstance(item, Routed):
+                    served = item.model
+                msg = to_response(item, served)
                 if msg is not None:
                     await context.write(msg)
                 if isinstance(item, Finished):
@@ -166,11 +183,14 @@ class ReadyHealth(HealthServicer):
 
 
 async def serve_grpc(backend: Backend, tokenizer: Tokenizer, auth: Authenticate,
-                     host: str = "127.0.0.1", port: int = 50051) -> grpc.aio.Server:
+                     host: str = "127.0.0.1", port: int = 50051,
+                     tokenizers: Mapping[str, Tokenizer] | None = None) -> grpc.aio.Server:
     """Start a grpc.aio server with the Tandem and health services on ``host:port``; the caller
-    stops it (``await server.stop(grace)``). Raises ``RuntimeError`` if the port cannot be bound."""
+    stops it (``await server.stop(grace)``). Raises ``RuntimeError`` if the port cannot be bound.
+    ``tokenizers`` (served name → tokenizer) override ``tokenizer`` per model."""
     server = grpc.aio.server()
-    pb_grpc.add_TandemServicer_to_server(TandemServicer(backend, tokenizer, auth), server)
+    pb_grpc.add_TandemServicer_to_server(TandemServicer(backend, tokenizer, auth, tokenizers),
+                                         server)
     health = ReadyHealth(backend)
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     if server.add_insecure_port(f"{host}:{port}") == 0:

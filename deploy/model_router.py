@@ -10,8 +10,9 @@ The rule, in order (each step may change the model; ``reason`` names the last st
 
     model = requested or the default (the first configured)       unknown name → RouteError 404
     lane rule:   routes[model].lanes[lane] exists → that model            (priority routing)
-    capability:  needs_tokens > context(model) or needs ⊄ tags(model)
-                 → the first model, in config order, that fits            none fits → RouteError 400
+    capability:  needs_tokens > context(model) or needs ⊄ tags(model)      (needs: e.g. {"chat"}
+                 → the first model, in config order, that fits             for chat completions)
+                                                                           none fits → RouteError 400
     fallback ladder: while lane is not interactive and overload_state_of(model) != "normal"
                  and model has a fallback that fits (and was not visited) → model = fallback
     version:     weighted choice among the model's versions (weight > 0), by a hash of ``key``
@@ -41,6 +42,7 @@ from cluster.api import ErrorKind
 from router.request import Lane
 
 NORMAL = "normal"
+CHAT = "chat"          # the tag of a model that serves /v1/chat/completions
 
 
 class ModelRoute(BaseModel):
@@ -89,8 +91,12 @@ class ModelRoutes(BaseModel):
 def check_weights(weights: Mapping[str, float], versions: Mapping[str, float]) -> None:
     """Raise ``ValueError`` unless ``weights`` names exactly ``versions``, none is negative and
     they do not sum to zero."""
-    if set(weights) != set(versions):
-        raise ValueError(f"weights must name exactly the versions {list(versions)}, got {list(weights)}")
+    unknown = [v for v in weights if v not in versions]
+    if unknown:
+        raise ValueError(f"unknown versions {unknown}; the versions are {list(versions)}")
+    missing = [v for v in versions if v not in weights]
+    if missing:
+        raise ValueError(f"weights must name every version {list(versions)}; missing {missing}")
     if any(w < 0 for w in weights.values()):
         raise ValueError("version weights must be >= 0")
     if sum(weights.values()) <= 0:
@@ -187,7 +193,8 @@ class ModelRouter:
                 return name
         limit = self.reachable_context(model)
         missing = needs - frozenset().union(*(r.tags for r in self.routes.models.values()))
-        why = (f"no served model has {sorted(missing)}" if missing else
+        why = (f"no served model has the capabilities {sorted(missing)} (a model declares them "
+               f"in its tags)" if missing else
                f"the request needs {needs_tokens} tokens (prompt + output); the largest context is {limit}")
         raise RouteError(ErrorKind.INVALID, why)
 

@@ -8,8 +8,10 @@
 Per request::
 
     route = router.route(request.model, request.lane, prompt + every stage's output,
-                         overload_state_of, key=request.request_id)   RouteError → one Failed item
+                         overload_state_of, key=request.request_id,
+                         needs=request.needs)                       RouteError → one Failed item
     running[request_id] = backends[(route.model, route.version)]   (cancel finds it there)
+    yield Routed(request_id, route.model, route.version, route.reason)   (the served model)
     stream that backend's items, request.model rewritten to the routed model
 
 ``overload_state_of`` defaults to the last seen ``ClusterStats.overload_state`` of the model's
@@ -32,7 +34,7 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Mapping
 
-from cluster.api import (ClusterStats, Failed, GenerateRequest, LaneStats, StreamItem,
+from cluster.api import (ClusterStats, Failed, GenerateRequest, LaneStats, Routed, StreamItem,
                          WorkerHealth)
 from cluster.backend import Backend, ModelInfo
 from deploy.model_router import ModelRouter, RouteError, RouteReason
@@ -104,7 +106,8 @@ class MultiBackend:
         self._maybe_refresh()
         try:
             choice = self.router.route(request.model, request.lane, needs_tokens(request),
-                                       self.overload_state_of, key=request.request_id)
+                                       self.overload_state_of, key=request.request_id,
+                                       needs=request.needs)
         except RouteError as exc:
             yield Failed(request.request_id, exc.kind, exc.message)
             return
@@ -114,6 +117,7 @@ class MultiBackend:
         self._running[request.request_id] = backend
         stream = backend.generate(dataclasses.replace(request, model=choice.model))
         try:
+            yield Routed(request.request_id, choice.model, choice.version, choice.reason.value)
             async for item in stream:
                 yield item
         finally:

@@ -24,7 +24,11 @@ sending ``X-Request-Id`` (behind Ray Serve's proxy, which sets that header on ev
 id is Serve's request id unless the client sent one). The id is what
 ``/v1/requests/{id}/cancel`` takes. Several models (``deploy.multi_backend``): the body's ``model``
 picks the served name (404 if unknown), its tokenizer (``tokenizers``) and the request's bounds
-(``backend.model_info_for``). A client that disconnects cancels its request (see
+(``deploy.served_models.model_for``); chat completions need a model tagged "chat" (the router
+moves them to the first one, 400 if none is). Every response body and SSE chunk names in
+``model`` the model that served the request (the stream's ``Routed`` item: a lane rule, a
+capability or the overload ladder may have moved it), else the one asked for. A client that
+disconnects cancels its request (see
 ``deploy.front_stream``): streaming or not, the backend iterator is closed and the KV freed.
 """
 
@@ -42,15 +46,17 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from cluster.api import ErrorKind, Failed, Finished
+from cluster.api import ErrorKind, Failed, Finished, Routed
 from cluster.backend import Backend
 from deploy.front_stream import FrontStream, Labels
 from deploy.grpc_request import InvalidRequest
 from deploy.grpc_server import Authenticate
 from deploy.metrics import ServingMetrics
+from deploy.model_router import CHAT
 from deploy.openai_request import chat_prompt_ids, prompt_ids, to_generate_request
 from deploy.openai_response import DONE, Envelope, Outcome, Shape, error_body, sse
 from deploy.openai_schema import ChatCompletionRequest, CompletionRequest, validation_message
+from deploy.served_models import UnknownModel, model_for, served_models
 
 DEFAULT_MAX_BODY_BYTES = 1 << 20
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
@@ -157,21 +163,25 @@ class OpenAIFront:
             else:
                 prompt, limit = prompt_ids(body, tokenizer, info), body.max_tokens
             req = to_generate_request(body, prompt, limit, rid, tenant, tokenizer, info,
-                                      self.default_max_tokens)
+                                      self.default_max_tokens,
+                                      needs=frozenset({CHAT}) if kind == "chat" else frozenset())
         except InvalidRequest as exc:
             raise ApiError(400, ErrorKind.INVALID, str(exc)) from None
         stream = FrontStream(self.backend.generate(req), self.metrics,
                              Labels(rid, info.name, req.lane, tenant), request.is_disconnected,
                              self.poll_s)
-        envelope = Envelope(rid, int(time.time()), info.name, shape)
+        created, outcome = int(time.time()), Outcome(rid)
         handed_off = False
         try:
             first = await stream.next()
+            while isinstance(first, Routed):    # which model serves it: before any other item
+                outcome.add(first)
+                first = await stream.next()
             if first is None:                   # the client left before the first item
                 return Response(status_code=499)
             if isinstance(first, Failed):
                 raise ApiError.from_failed(first)
-            outcome = Outcome(rid)
+            envelope = Envelope(rid, created, outcome.served_model or info.name, shape)
             outcome.add(first)
             headers = {"X-Request-Id": rid}
             if not body.stream:
@@ -186,17 +196,10 @@ class OpenAIFront:
 
     def _model(self, name: str | None):
         """The ``ModelInfo`` a request for ``name`` is checked against; 404 if not served."""
-        lookup = getattr(self.backend, "model_info_for", None)
-        if lookup is not None:
-            info = lookup(name)
-            served = [i.name for i in self.backend.model_infos()]
-        else:
-            info = self.backend.model_info()
-            info, served = (info if name in (None, info.name) else None), [info.name]
-        if info is None:
-            raise ApiError(404, ErrorKind.NOT_FOUND, f"the model {name!r} does not exist; this server "
-                           f"serves {', '.join(map(repr, served))}")
-        return info
+        try:
+            return model_for(self.backend, name)
+        except UnknownModel as exc:
+            raise ApiError(404, ErrorKind.NOT_FOUND, exc.message) from None
 
     async def _whole(self, stream: FrontStream, outcome: Outcome, envelope: Envelope,
                      headers: dict) -> Response:
@@ -248,8 +251,7 @@ class OpenAIFront:
 
     def models(self, request: Request) -> Response:
         self.tenant(request)
-        infos = getattr(self.backend, "model_infos", None)
-        infos = infos() if infos is not None else (self.backend.model_info(),)
+        infos = served_models(self.backend)
         return JSONResponse({"object": "list", "data": [
             {"id": info.name, "object": "model", "created": 0, "owned_by": "tandem",
              "max_model_len": info.max_model_len} for info in infos]})

@@ -91,8 +91,9 @@ def _params(body: CommonFields, max_tokens: int) -> dict[str, Any]:
 
 def to_generate_request(body: CommonFields, prompt: tuple[int, ...], max_tokens: int | None,
                         request_id: str, tenant: str, tokenizer: Any, model: ModelInfo,
-                        default_max_tokens: int) -> GenerateRequest:
-    """The cluster request for ``body`` with its tokenized ``prompt`` (see the module docstring)."""
+                        default_max_tokens: int, needs: frozenset[str] = frozenset()) -> GenerateRequest:
+    """The cluster request for ``body`` with its tokenized ``prompt`` (see the module docstring);
+    ``needs`` are the capabilities the serving model must have (``GenerateRequest.needs``)."""
     window = model.max_model_len
     if len(prompt) >= window:
         raise InvalidRequest(f"the prompt has {len(prompt)} tokens; the context window is {window} "
@@ -114,4 +115,4 @@ def to_generate_request(body: CommonFields, prompt: tuple[int, ...], max_tokens:
         lane=body.lane, tenant=tenant, scenario=body.scenario.value if body.scenario else None,
         ttft_s=None if body.ttft_ms is None else body.ttft_ms / 1000.0,
         tpot_s=None if body.tpot_ms is None else body.tpot_ms / 1000.0,
-        stages=stages, session_id=body.session_id, model=model.name)
+        stages=stages, session_id=body.session_id, model=model.name, needs=needs)

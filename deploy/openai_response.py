@@ -7,6 +7,7 @@
 Every response (and the last streamed chunk) carries Tandem's own object::
 
     "tandem": {"request_id", "admission": "admitted" | "best_effort", "queue_s", "max_tokens_cap",
+               "route": {"model", "version", "reason"} | null (set by a multi-model backend),
                "prefill_worker", "decode_worker", "slo_met", "e2e_s", "retries",
                "stages": [{"stage", "ttft_s", "tpot_s", "ttft_slo_s", "tpot_slo_s", "slo_met",
                            "prompt_tokens", "completion_tokens", "finish_reason"}]}
@@ -18,11 +19,12 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from cluster.api import Admitted, ErrorKind, Finished, StageDone, StreamItem, TokenChunk
+from cluster.api import Admitted, ErrorKind, Finished, Routed, StageDone, StreamItem, TokenChunk
 
 DONE = b"data: [DONE]\n\n"
 
 _ERROR_TYPES = {ErrorKind.INVALID: "invalid_request_error", ErrorKind.UNAUTHENTICATED: "authentication_error",
+                ErrorKind.FORBIDDEN: "permission_error",
                 ErrorKind.NOT_FOUND: "not_found_error", ErrorKind.REJECTED: "rate_limit_error",
                 ErrorKind.UNAVAILABLE: "service_unavailable_error", ErrorKind.TIMEOUT: "timeout_error",
                 ErrorKind.CANCELLED: "cancelled_error", ErrorKind.INTERNAL: "server_error"}
@@ -42,6 +44,7 @@ class Outcome:
     """What one request produced so far (mutable; owned by the response that streams it)."""
 
     request_id: str
+    routed: Routed | None = None
     admitted: Admitted | None = None
     parts: list[str] = field(default_factory=list)
     stages: list[StageDone] = field(default_factory=list)
@@ -52,7 +55,9 @@ class Outcome:
         if isinstance(item, TokenChunk):
             self.parts.append(item.text)
             return item.text
-        if isinstance(item, Admitted):
+        if isinstance(item, Routed):
+            self.routed = item
+        elif isinstance(item, Admitted):
             self.admitted = item
         elif isinstance(item, StageDone):
             self.stages.append(item)
@@ -63,6 +68,11 @@ class Outcome:
     @property
     def text(self) -> str:
         return "".join(self.parts)
+
+    @property
+    def served_model(self) -> str | None:
+        """The model that serves the request, when a multi-model backend said (else None)."""
+        return self.routed.model if self.routed else None
 
     @property
     def finish_reason(self) -> str | None:
@@ -80,6 +90,8 @@ class Outcome:
                 "admission": (f.admission if f else a.admission if a else None),
                 "queue_s": a.queue_s if a else None,
                 "max_tokens_cap": a.max_tokens_cap if a else None,
+                "route": ({"model": r.model, "version": r.version, "reason": r.reason}
+                          if (r := self.routed) else None),
                 "prefill_worker": a.prefill_worker if a else None,
                 "decode_worker": a.decode_worker if a else None,
                 "slo_met": f.slo_met if f else None,

@@ -14,7 +14,8 @@ One trace per request, built from its stream items (so HTTP and gRPC get the sam
 
 Times come from the items (``Admitted.queue_s``, ``Finished.handoff_s``) and the front's
 monotonic clock, mapped onto the wall clock OpenTelemetry expects. Attributes: request id,
-lane, tenant, admission, SLO met, token counts, error kind.
+lane, tenant, admission, SLO met, token counts, error kind, and the served model, version and
+route reason (multi-model apps).
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ import os
 import time
 from collections.abc import AsyncIterator
 
-from cluster.api import Admitted, Failed, Finished, GenerateRequest, StageDone, StreamItem, TokenChunk
+from cluster.api import (Admitted, Failed, Finished, GenerateRequest, Routed, StageDone, StreamItem,
+                         TokenChunk)
 
 
 def configure_tracing(exporter: str | None = None):
@@ -82,7 +84,10 @@ class RequestSpans:
 
     def observe(self, item: StreamItem) -> None:
         now = self.clock()
-        if isinstance(item, Admitted):
+        if isinstance(item, Routed):
+            self.attrs.update({"tandem.model": item.model, "tandem.model_version": item.version,
+                               "tandem.route_reason": item.reason})
+        elif isinstance(item, Admitted):
             self.start = min(self.start, now - item.queue_s)
             self.decided = now
             self.attrs["tandem.admission"] = item.admission

@@ -59,7 +59,7 @@ class Stage(_message.Message):
     def __init__(self, append_token_ids: _Optional[_Iterable[int]] = ..., append_text: _Optional[str] = ..., max_tokens: _Optional[int] = ..., tool_delay_ms: _Optional[float] = ..., slo: _Optional[_Union[StageSlo, _Mapping]] = ...) -> None: ...
 
 class GenerateRequest(_message.Message):
-    __slots__ = ("request_id", "prompt", "prompt_token_ids", "sampling", "lane", "scenario", "ttft_ms", "tpot_ms", "stages", "session_id")
+    __slots__ = ("request_id", "prompt", "prompt_token_ids", "sampling", "lane", "scenario", "ttft_ms", "tpot_ms", "stages", "session_id", "model")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     PROMPT_FIELD_NUMBER: _ClassVar[int]
     PROMPT_TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
@@ -70,6 +70,7 @@ class GenerateRequest(_message.Message):
     TPOT_MS_FIELD_NUMBER: _ClassVar[int]
     STAGES_FIELD_NUMBER: _ClassVar[int]
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     prompt: str
     prompt_token_ids: _containers.RepeatedScalarFieldContainer[int]
@@ -80,21 +81,24 @@ class GenerateRequest(_message.Message):
     tpot_ms: float
     stages: _containers.RepeatedCompositeFieldContainer[Stage]
     session_id: str
-    def __init__(self, request_id: _Optional[str] = ..., prompt: _Optional[str] = ..., prompt_token_ids: _Optional[_Iterable[int]] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., lane: _Optional[_Union[Lane, str]] = ..., scenario: _Optional[str] = ..., ttft_ms: _Optional[float] = ..., tpot_ms: _Optional[float] = ..., stages: _Optional[_Iterable[_Union[Stage, _Mapping]]] = ..., session_id: _Optional[str] = ...) -> None: ...
+    model: str
+    def __init__(self, request_id: _Optional[str] = ..., prompt: _Optional[str] = ..., prompt_token_ids: _Optional[_Iterable[int]] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., lane: _Optional[_Union[Lane, str]] = ..., scenario: _Optional[str] = ..., ttft_ms: _Optional[float] = ..., tpot_ms: _Optional[float] = ..., stages: _Optional[_Iterable[_Union[Stage, _Mapping]]] = ..., session_id: _Optional[str] = ..., model: _Optional[str] = ...) -> None: ...
 
 class Admitted(_message.Message):
-    __slots__ = ("admission", "prefill_worker", "decode_worker", "max_tokens_cap", "queue_ms")
+    __slots__ = ("admission", "prefill_worker", "decode_worker", "max_tokens_cap", "queue_ms", "model")
     ADMISSION_FIELD_NUMBER: _ClassVar[int]
     PREFILL_WORKER_FIELD_NUMBER: _ClassVar[int]
     DECODE_WORKER_FIELD_NUMBER: _ClassVar[int]
     MAX_TOKENS_CAP_FIELD_NUMBER: _ClassVar[int]
     QUEUE_MS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
     admission: str
     prefill_worker: str
     decode_worker: str
     max_tokens_cap: int
     queue_ms: float
-    def __init__(self, admission: _Optional[str] = ..., prefill_worker: _Optional[str] = ..., decode_worker: _Optional[str] = ..., max_tokens_cap: _Optional[int] = ..., queue_ms: _Optional[float] = ...) -> None: ...
+    model: str
+    def __init__(self, admission: _Optional[str] = ..., prefill_worker: _Optional[str] = ..., decode_worker: _Optional[str] = ..., max_tokens_cap: _Optional[int] = ..., queue_ms: _Optional[float] = ..., model: _Optional[str] = ...) -> None: ...
 
 class Chunk(_message.Message):
     __slots__ = ("stage", "token_ids", "text")
@@ -129,7 +133,7 @@ class StageDone(_message.Message):
     def __init__(self, stage: _Optional[int] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., ttft_ms: _Optional[float] = ..., tpot_ms: _Optional[float] = ..., ttft_slo_ms: _Optional[float] = ..., tpot_slo_ms: _Optional[float] = ..., slo_met: _Optional[bool] = ..., finish_reason: _Optional[str] = ...) -> None: ...
 
 class Finished(_message.Message):
-    __slots__ = ("admission", "prompt_tokens", "completion_tokens", "finish_reason", "slo_met", "e2e_ms", "retries")
+    __slots__ = ("admission", "prompt_tokens", "completion_tokens", "finish_reason", "slo_met", "e2e_ms", "retries", "model")
     ADMISSION_FIELD_NUMBER: _ClassVar[int]
     PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     COMPLETION_TOKENS_FIELD_NUMBER: _ClassVar[int]
@@ -137,6 +141,7 @@ class Finished(_message.Message):
     SLO_MET_FIELD_NUMBER: _ClassVar[int]
     E2E_MS_FIELD_NUMBER: _ClassVar[int]
     RETRIES_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
     admission: str
     prompt_tokens: int
     completion_tokens: int
@@ -144,7 +149,8 @@ class Finished(_message.Message):
     slo_met: bool
     e2e_ms: float
     retries: int
-    def __init__(self, admission: _Optional[str] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., finish_reason: _Optional[str] = ..., slo_met: _Optional[bool] = ..., e2e_ms: _Optional[float] = ..., retries: _Optional[int] = ...) -> None: ...
+    model: str
+    def __init__(self, admission: _Optional[str] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., finish_reason: _Optional[str] = ..., slo_met: _Optional[bool] = ..., e2e_ms: _Optional[float] = ..., retries: _Optional[int] = ..., model: _Optional[str] = ...) -> None: ...
 
 class GenerateResponse(_message.Message):
     __slots__ = ("request_id", "admitted", "chunk", "stage_done", "finished")

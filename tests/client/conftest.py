@@ -104,7 +104,7 @@ class ScriptedBackend:
 class Front:
     """The server thread; ``backend`` is swapped per test (the servicer holds a proxy)."""
 
-    def __init__(self):
+    def __init__(self, tokenizers: dict | None = None):
         self.backend = ScriptedBackend()
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
@@ -112,7 +112,7 @@ class Front:
         self.port = _free_port()
         self.target = f"127.0.0.1:{self.port}"
         self.server = self.call(serve_grpc(_Proxy(self), CharTokenizer(), bearer_auth(KEYS),
-                                           port=self.port))
+                                           port=self.port, tokenizers=tokenizers))
 
     def call(self, coro, timeout: float = 10.0):
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
