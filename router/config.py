@@ -89,6 +89,20 @@ class OverloadConfig(_Strict):
         return self
 
 
+class SizeGateConfig(_Strict):
+    """Under overload, admit the cheapest requests first (router.policies.size_gate).
+
+    `window`: recent requests the cost quantile is taken over; `min_quantile`: the lowest q;
+    `step_down`: q lost per request the DP turns away; `recover_per_s`: q regained per second
+    while it turns none away."""
+
+    enabled: bool = True
+    window: int = Field(512, ge=8)
+    min_quantile: float = Field(0.5, gt=0, le=1)
+    step_down: float = Field(0.01, gt=0, le=1)
+    recover_per_s: float = Field(0.1, gt=0)
+
+
 class SchedulerConfig(_Strict):
     """Everything the SLO scheduler needs besides the performance model."""
 
@@ -99,6 +113,7 @@ class SchedulerConfig(_Strict):
     default_tenant: TenantLimit = TenantLimit()
     cost: CostConfig = CostConfig()
     overload: OverloadConfig = OverloadConfig()
+    size_gate: SizeGateConfig = SizeGateConfig()
     interactive_kv_reserve: float = Field(0.1, ge=0, lt=1)
     max_prompt_tokens: int = Field(32768, ge=1)
     dp_window: int = Field(24, ge=1, le=256)

@@ -7,7 +7,9 @@
 The SLO scheduler's step:
   1. signals → overload state (policies.overload) → fallback actions;
   2. the gate for each pending request: prompt ceiling, lane cost score, overload actions,
-     tenant rate limits and concurrency caps (policies.lanes / policies.tenants);
+     tenant rate limits and concurrency caps (policies.lanes / policies.tenants); then, while
+     the DP is turning requests away, the size gate (policies.size_gate) holds the costliest
+     recent requests out of admission so the capacity goes to the cheapest first;
   3. admission: per colocated worker the SLOs-Serve DP (dp.plan_worker), or the disaggregated
      planner (disagg.plan_pools) when the snapshot has prefill and decode workers;
   4. everything admissible but not admitted goes best effort; best effort that no longer fits next
@@ -32,6 +34,7 @@ from router.plan import (BatchMode, Decision, DecisionKind, Directive, FallbackA
                          Snapshot, WorkerRole, WorkerState)
 from router.policies.lanes import choose_lanes, memory_limit
 from router.policies.overload import OverloadMachine, Signals
+from router.policies.size_gate import SizeGate, service_costs
 from router.policies.tenants import TenantLimiter, TenantVerdict, fairness_factors
 from router.request import Admission, Lane, Phase, RequestState
 
@@ -89,6 +92,7 @@ class SloScheduler(Scheduler):
         self.transfer_s = transfer_s or (lambda tokens: 0.0)
         self.overload = OverloadMachine(self.config.overload)
         self.tenants = TenantLimiter(self.config)
+        self.size_gate = SizeGate(self.config.size_gate)
         self._rate_passed: set[str] = set()
         self._tau: dict[str, float] = {}
         self._directives = PoolDirectives()              # the last step's disaggregated directives
@@ -186,6 +190,26 @@ class SloScheduler(Scheduler):
             out.append((r, lane))
         return out
 
+    # ---- 2b. the size gate -----------------------------------------------------------------
+    def _size_gated(self, gated: list[tuple[RequestState, Lane]]):
+        """(the gated requests the DP may admit, every gated request's cost or None when the gate
+        is off): while the size gate is closed, requests above its threshold skip admission."""
+        if not self.config.size_gate.enabled or not gated:
+            return gated, None
+        costs = service_costs([r.request for r, _ in gated], self.model)
+        limit = self.size_gate.threshold()
+        if limit == math.inf:
+            return gated, costs
+        return [g for g, c in zip(gated, costs.tolist()) if c <= limit], costs
+
+    def _size_gate_update(self, now: float, gated, candidates, costs, admitted, deferred) -> None:
+        if costs is None:
+            return
+        turned_away = sum(1 for r, _ in candidates if r.id not in admitted and r.id not in deferred)
+        final = np.fromiter((r.id not in deferred for r, _ in gated), bool, len(gated))
+        self.size_gate.observe(costs[final])
+        self.size_gate.update(now, turned_away)
+
     # ---- 3. colocated admission ----------------------------------------------------------
     def _taus(self, w: WorkerState, forced: list[RequestState], tiers: set[float]) -> list[float]:
         """Candidate batch times: the TPOT tiers no looser than the tightest admitted one."""
@@ -263,14 +287,18 @@ class SloScheduler(Scheduler):
             usage[r.request.tenant] = usage.get(r.request.tenant, 0.0) + r.reserved_tokens
         fair = fairness_factors(usage, {r.request.tenant for r, _ in gated}, cfg)
         lane_value = {lane: c.value for lane, c in cfg.lanes.items()}
-        values = [lane_value[lane] * fair[r.request.tenant] for r, lane in gated]
+        candidates, costs = self._size_gated(gated)
+        values = [lane_value[lane] * fair[r.request.tenant] for r, lane in candidates]
         if any(w.role is not WorkerRole.COLOCATED for w in workers):    # a prefill or decode worker
-            res = plan_pools(snap, workers, gated, dict(zip((r.id for r, _ in gated), values)),
+            res = plan_pools(snap, workers, candidates, dict(zip((r.id for r, _ in candidates), values)),
                              self.model, cfg, self._tau, self.transfer_s, self._directives)
             admitted, deferred, directives, at_risk = res.admitted, res.deferred, res.directives, res.at_risk
         else:
-            admitted, deferred, directives, at_risk = self._admit_colocated(snap, workers, by_worker, gated, values)
-        decisions += self._decide(workers, by_worker, gated, admitted, deferred)
+            admitted, deferred, directives, at_risk = self._admit_colocated(snap, workers, by_worker, candidates,
+                                                                            values)
+        self._size_gate_update(snap.now_s, gated, candidates, costs, admitted, deferred)
+        held_out = {r.id for r, _ in gated} - {r.id for r, _ in candidates} if len(candidates) < len(gated) else ()
+        decisions += self._decide(workers, by_worker, gated, admitted, deferred, held_out)
         preempt = self._preempt(workers, by_worker, gated, admitted) if best else []   # best effort only
         if FallbackAction.PAUSE_BACKGROUND in self.overload.actions:
             preempt += [r.id for r in best if r.request.lane is Lane.BACKGROUND and r.id not in preempt
@@ -278,12 +306,14 @@ class SloScheduler(Scheduler):
         if len(self._rate_passed) > 4 * len(pending) + 1024:
             self._rate_passed &= {r.id for r in pending}
         return Plan(snap.now_s, tuple(decisions), tuple(directives), tuple(preempt), self.overload.state,
-                    self.overload.actions, tuple(at_risk), {"pending": len(pending), "admitted": len(admitted)})
+                    self.overload.actions, tuple(at_risk), {"pending": len(pending), "admitted": len(admitted),
+                                                   "size_gate_quantile": self.size_gate.q})
 
     # ---- 4. best effort and preemption ---------------------------------------------------
-    def _decide(self, workers, by_worker, gated, admitted, deferred) -> list[Decision]:
+    def _decide(self, workers, by_worker, gated, admitted, deferred, held_out=()) -> list[Decision]:
         """ADMIT for the admitted; the rest of the gated go best effort on the worker with the
-        most free (unreserved) KV, or are rejected when their lane has no best effort."""
+        most free (unreserved) KV, or are rejected when their lane has no best effort. `held_out`:
+        requests the size gate kept out of admission (their reason says so)."""
         free: dict[str, int] = {}
 
         def free_kv() -> dict[str, int]:      # built at the first best-effort decision only
@@ -314,7 +344,7 @@ class SloScheduler(Scheduler):
             elif rid in deferred:
                 out.append(Decision(rid, DEFER, lane, reason="dp_rounds"))
             elif not lanes[lane].best_effort:
-                out.append(Decision(rid, REJECT, lane, reason="not_admissible",
+                out.append(Decision(rid, REJECT, lane, reason="size_gate" if rid in held_out else "not_admissible",
                                     retry_after_s=self.config.overload.retry_after_s))
             else:
                 fr = free_kv()
@@ -322,7 +352,8 @@ class SloScheduler(Scheduler):
                 w = one or max(targets, key=lambda w: fr[w.id])
                 dw = (max(decoders, key=lambda x: fr[x.id]).id if decoders else w.id)
                 fr[w.id] -= r.reserved_tokens if one is None else 0
-                out.append(Decision(rid, BEST_EFFORT, lane, w.id, dw, r.max_tokens_cap, reason="no_slo_capacity"))
+                out.append(Decision(rid, BEST_EFFORT, lane, w.id, dw, r.max_tokens_cap,
+                                    reason="size_gate" if rid in held_out else "no_slo_capacity"))
         return out
 
     def _preempt(self, workers, by_worker, gated, admitted) -> list[str]:
