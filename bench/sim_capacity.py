@@ -11,7 +11,8 @@ rescaled trace, so a higher rate also brings in later requests).
 
 Baselines get their best configuration: sarathi, priority and edf run with every chunk size
 (token budget) in `--chunks` and the best is reported. `ceiling` is `sim.capacity.ceiling`, an
-upper bound on any policy's capacity on the same GPUs (a fluid bound, no simulation).
+upper bound on any policy's capacity on the same GPUs (a fluid bound, no simulation); `kv ceiling`
+the same bound with KV memory, for policies that never evict a started request.
 
 Layouts: fcfs, sarathi, priority, edf on G colocated GPUs; distserve on every P:D split of G;
 slo on G colocated GPUs and on every P:D split (it plans both). For the policies with several
@@ -64,9 +65,10 @@ def job(args: tuple) -> dict:
     t0 = time.perf_counter()
     if policy == "ceiling":
         rate = ceiling(spec, start_rate=start)
+        kv_rate = ceiling(spec, start_rate=start, kv_resident=True)
         return {"scenario": scenario, "policy": policy, "layout": layout, "capacity_rps": rate,
-                "per_gpu": rate / sum(layout), "wall_s": time.perf_counter() - t0, "probes": [],
-                "chunk": None}
+                "kv_resident_rps": kv_rate, "per_gpu": rate / sum(layout),
+                "wall_s": time.perf_counter() - t0, "probes": [], "chunk": None}
     make = None
     if chunk is not None:
         def make(cluster, cls=CLASSES[policy]):
@@ -121,8 +123,9 @@ def main() -> None:
         k = (r["scenario"], r["policy"])
         if k not in best or r["capacity_rps"] > best[k]["capacity_rps"]:
             best[k] = r
-    header = ["scenario", "slo"] + list(BASELINES) + ["best baseline", "slo / best", "ceiling", "ceiling / best"]
-    rows, ratios, ceilings, never_below = [], [], [], True
+    header = ["scenario", "slo"] + list(BASELINES) + ["best baseline", "slo / best", "ceiling", "ceiling / best",
+                                                      "kv ceiling", "kv ceiling / best"]
+    rows, ratios, ceilings, kv_ceilings, never_below = [], [], [], [], True
     for sc in a.scenarios.split(","):
         slo = best[(sc, "slo")]["capacity_rps"]
         base = {p: best[(sc, p)]["capacity_rps"] for p in BASELINES}
@@ -136,8 +139,11 @@ def main() -> None:
         cells += [f"{base[p]:.2f}" + (f" ({ds[0]}P+{ds[1]}D)" if p == "distserve" else "")
                   + (f" (c{best[(sc, p)]['chunk']})" if best[(sc, p)].get("chunk") else "") for p in BASELINES]
         ceil = best[(sc, "ceiling")]["capacity_rps"]
+        kv_ceil = best[(sc, "ceiling")]["kv_resident_rps"]
         ceilings.append(ceil / base[top] if base[top] > 0 else math.inf)
-        rows.append([sc] + cells + [top, f"{ratio:.2f}x", f"{ceil:.1f}", f"{ceilings[-1]:.2f}x"])
+        kv_ceilings.append(kv_ceil / base[top] if base[top] > 0 else math.inf)
+        rows.append([sc] + cells + [top, f"{ratio:.2f}x", f"{ceil:.1f}", f"{ceilings[-1]:.2f}x",
+                                    f"{kv_ceil:.1f}", f"{kv_ceilings[-1]:.2f}x"])
     from sim.report import markdown_table
     window = (f"first {a.trace_minutes:g} min of the trace" if a.trace_minutes > 0
               else f"first {a.duration:.0f} s of the rescaled trace")
@@ -149,10 +155,12 @@ def main() -> None:
     gm = math.exp(sum(map(math.log, finite)) / len(finite)) if finite else float("nan")
     print()
     print(f"geometric mean slo / best baseline: {gm:.2f}x (target 2.2x); never below any baseline: {never_below}")
-    cf = [r for r in ceilings if math.isfinite(r) and r > 0]
-    if cf:
-        print(f"geometric mean ceiling / best baseline (no policy can exceed it): "
-              f"{math.exp(sum(map(math.log, cf)) / len(cf)):.2f}x")
+    for name, values in (("ceiling", ceilings), ("kv ceiling", kv_ceilings)):
+        cf = [r for r in values if math.isfinite(r) and r > 0]
+        if cf:
+            print(f"geometric mean {name} / best baseline: {math.exp(sum(map(math.log, cf)) / len(cf)):.2f}x")
+    print("(ceiling: no policy can exceed it; kv ceiling: no policy that keeps a started request's KV "
+          "until it finishes can exceed it)")
     if a.plot:
         from sim.report import attainment_plot
         for sc in a.scenarios.split(","):

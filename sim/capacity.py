@@ -14,7 +14,9 @@ so the result is the last passing rate the search saw, reported with every probe
 
 ceiling(spec): an upper bound on the capacity of any policy on the same GPUs (`met_bound`: a
 fluid bound on the work that must fit between arrivals and deadlines); loose, but a ratio the
-bound rules out is out of reach for every scheduler.
+bound rules out is out of reach for every scheduler. `ceiling(spec, kv_resident=True)` adds KV
+memory (requests left unfinished at a window's end must fit in KV), valid for every policy that
+keeps a started request's KV until it finishes.
 
 placement(spec, rate): the fewest GPUs (P + D, P, D >= 1, up to `max_gpus`) whose attainment at
 `rate` is >= target, as DistServe searches its placements; ties go to the higher attainment.
@@ -184,7 +186,11 @@ def _deadlines(reqs) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return arr, first, end
 
 
-def met_bound(reqs, model, gpus: int, lengths: tuple[float, ...] = (0.25, 0.5, 1, 2, 4, 8, 16, 32, 64)) -> int:
+LAMBDA_FACTORS = (0.1, 0.3, 1.0, 3.0, 10.0)   # memory prices tried, relative to the median (below)
+
+
+def met_bound(reqs, model, gpus: int, lengths: tuple[float, ...] = (0.25, 0.5, 1, 2, 4, 8, 16, 32, 64),
+              kv_tokens: float | None = None, kv_min_window_s: float = 4.0) -> int:
     """Upper bound on how many of `reqs` any policy on `gpus` GPUs can serve within their SLOs.
 
     Rule: for disjoint windows [t1, t2), the requests that arrive at or after t1 and whose first
@@ -192,9 +198,22 @@ def met_bound(reqs, model, gpus: int, lengths: tuple[float, ...] = (0.25, 0.5, 1
     work if they must also finish by t2; at most G·(t2 − t1) seconds of work fit, so at most the
     cheapest ones that fit can be met. Requests outside every window count as met. Each partition
     (a grid of one window length and offset, or the single window [0, t2)) and each affine piece
-    gives a valid bound; the smallest is returned."""
+    gives a valid bound; the smallest is returned.
+
+    With `kv_tokens` (the KV capacity of all GPUs together) the bound also uses memory, for
+    policies that keep a started request's KV until it finishes (no evict-and-recompute, no
+    offload: true of the SLO policy's admitted requests, which are never preempted). A request of
+    a window that is not finished at t2 holds at least its first stage's input in KV then, and all
+    of those fit in `kv_tokens`. Both constraints hold, so for any price λ ≥ 0 (seconds per
+    token) their sum does: Σ cost_i ≤ G·(t2 − t1) + λ·kv_tokens with cost_i = full work, or
+    prefill + λ·input for a request left unfinished at t2 (the cheaper, when its deadline allows).
+    Every λ gives a valid bound (the fewest that fit under the summed constraint); λ = 0 and
+    `LAMBDA_FACTORS` × the median over requests of (work after the first prefill) / (input held)
+    are tried and the smallest bound kept. Memory is priced only in windows of at least
+    `kv_min_window_s`."""
     pre, full = _work(reqs, model)
     arr, first, end = _deadlines(reqs)
+    held = np.array([r.stages[0].input_tokens for r in reqs], dtype=float)
     n, best = len(reqs), len(reqs)
     t_max = float(end.max())
     t2s = np.union1d(np.geomspace(1.0, t_max + 1.0, 24), np.quantile(first, np.linspace(0, 1, 33)))
@@ -203,28 +222,42 @@ def met_bound(reqs, model, gpus: int, lengths: tuple[float, ...] = (0.25, 0.5, 1
         for off in (0.0, L / 4, L / 2, 3 * L / 4):
             edges = np.arange(-off, t_max + L, L)
             parts.append(list(zip(edges[:-1], edges[1:])))
+    use_kv = kv_tokens is not None and math.isfinite(kv_tokens)
     for part in parts:
+        long_enough = use_kv and part[0][1] - part[0][0] >= kv_min_window_s
         for k in range(len(model.pieces)):
-            met = n
-            for t1, t2 in part:
-                inside = (arr >= t1) & (first <= t2)
-                if not inside.any():
-                    continue
-                cost = np.sort(np.where(end[inside] <= t2, full[k, inside], pre[k, inside]))
-                fit = int(np.searchsorted(np.cumsum(cost), gpus * (t2 - t1) * (1 + 1e-9), side="right"))
-                met -= int(inside.sum()) - fit
-            best = min(best, met)
+            lams = [0.0]
+            if long_enough:
+                unit = float(np.median((full[k] - pre[k]) / np.maximum(held, 1.0)))
+                lams += [unit * f for f in LAMBDA_FACTORS if unit > 0]
+            for lam in lams:
+                met = n
+                for t1, t2 in part:
+                    inside = (arr >= t1) & (first <= t2)
+                    if not inside.any():
+                        continue
+                    done = end[inside] <= t2
+                    open_cost = np.minimum(full[k, inside], pre[k, inside] + lam * held[inside]) \
+                        if lam > 0 else pre[k, inside]
+                    cost = np.sort(np.where(done, full[k, inside], open_cost))
+                    room = gpus * (t2 - t1) + (lam * kv_tokens if lam > 0 else 0.0)
+                    fit = int(np.searchsorted(np.cumsum(cost), room * (1 + 1e-9), side="right"))
+                    met -= int(inside.sum()) - fit
+                best = min(best, met)
     return best
 
 
 def ceiling(spec: RunSpec, start_rate: float = 1.0, target: float = 0.9, rel_tol: float = 0.05,
-            max_steps: int = 12) -> float:
+            max_steps: int = 12, kv_resident: bool = False) -> float:
     """The highest rate whose `met_bound` fraction is >= target, searched like `capacity`: no
     policy on these GPUs can pass a rate that fails this bound (the bound ignores intercepts,
-    KV memory, batching and TP1 placement, so the true frontier is lower)."""
+    batching and TP1 placement, so the true frontier is lower). `kv_resident`: also bound by KV
+    memory, valid for policies that never evict a started request (see `met_bound`); without it
+    the bound ignores memory and holds for every policy."""
     def ok(rate: float) -> bool:
         cluster, reqs, _ = prepare(with_rate(spec, rate))
-        return met_bound(reqs, cluster.perf, spec.cluster.gpus) >= target * len(reqs)
+        kv = cluster.kv_tokens * spec.cluster.gpus if kv_resident else None
+        return met_bound(reqs, cluster.perf, spec.cluster.gpus, kv_tokens=kv) >= target * len(reqs)
 
     lo, hi, r = 0.0, math.inf, start_rate
     for _ in range(max_steps):

@@ -30,3 +30,22 @@ def test_no_policy_passes_a_rate_above_the_ceiling(conv_trace):
     top = ceiling(spec, start_rate=8.0)
     for policy in ("fcfs", "slo"):
         assert capacity(replace(spec, policy=policy), start_rate=8.0, rel_tol=0.2).rate <= top
+
+
+def test_with_kv_memory_only_the_requests_whose_kv_fits_can_be_left_unfinished():
+    # 10 prompts of 100 tokens and 1000-token answers (1 s of decode each on SIMPLE), TTFT 1 s,
+    # TPOT 1 s: without memory every decode can wait (the deadline is 1000 s away), so all 10
+    # fit; with KV for three prompts, the other seven would have to finish within the first
+    # second, which even one cannot (1.01 s of work).
+    long = [req(f"r{i}", 100, 1001, ttft=1.0, tpot=1.0) for i in range(10)]
+    assert met_bound(long, SIMPLE, gpus=1) == 10
+    assert met_bound(long, SIMPLE, gpus=1, kv_tokens=300, kv_min_window_s=0.5) == 3
+    assert met_bound(long, SIMPLE, gpus=1, kv_tokens=10**9, kv_min_window_s=0.5) == 10
+
+
+def test_the_kv_resident_ceiling_is_no_higher_and_no_policy_passes_it(conv_trace):
+    spec = RunSpec(Workload(conv_trace, duration_s=10.0), "chatbot", "slo", ClusterSpec(colocated=1),
+                   engine=CAPACITY_ENGINE)
+    top = ceiling(spec, start_rate=8.0, kv_resident=True)
+    assert top <= ceiling(spec, start_rate=8.0)
+    assert capacity(spec, start_rate=8.0, rel_tol=0.2).rate <= top
