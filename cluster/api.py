@@ -186,10 +186,29 @@ StreamItem = Union[Routed, Admitted, TokenChunk, StageDone, Finished, Failed]
 @dataclass(frozen=True)
 class WorkerHealth:
     worker_id: str
-    role: str                       # "prefill" | "decode"
+    role: str                       # "prefill" | "decode" | "colocated"
     healthy: bool
     restarts: int
-    detail: str = ""
+    detail: str = ""                # why it is unhealthy, or "draining" (a resize is removing it)
+
+
+@dataclass(frozen=True)
+class ResizeResult:
+    """What ``ClusterHandle.resize(role, n)`` did to one pool.
+
+    ``role`` is the pool that was resized ("prefill", "decode" or "colocated"); ``before`` and
+    ``after`` its worker counts; ``added`` / ``removed`` the worker ids started / stopped;
+    ``moved`` the requests that a removed worker had not finished within the drain deadline and
+    that were prefilled again on the workers that stay (their streams go on; not a failure).
+    """
+
+    role: str
+    before: int
+    after: int
+    added: tuple[str, ...] = ()
+    removed: tuple[str, ...] = ()
+    moved: tuple[str, ...] = ()
+    seconds: float = 0.0
 
 
 @dataclass(frozen=True)

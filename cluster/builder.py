@@ -6,9 +6,11 @@
 
 Steps: connect to Ray (``config.ray_address``, else ``$RAY_ADDRESS``, else a local loopback
 cluster); one placement group per pool (a bundle per worker, PACK) so a pool's actors stay where
-they were planned; start the workers (``max_restarts`` so Ray restarts a dead one); wait for
-``ready`` within ``ready_timeout_s``; calibrate the performance model on prefill worker 0
-(``calibration_steps``); start the controller (an async actor) and its loops.
+they were planned; start the workers (``cluster.workers.start_worker``, ``max_restarts`` so Ray
+restarts a dead one); wait for ``ready`` within ``ready_timeout_s``; calibrate the performance
+model on prefill worker 0 (``calibration_steps``); start the controller (an async actor) and its
+loops. The controller gets the pools' ``WorkerSpec``s and the placement book, so that
+``ClusterHandle.resize`` later starts and stops workers the same way (``cluster.resize``).
 """
 
 from __future__ import annotations
@@ -18,9 +20,12 @@ import tempfile
 from pathlib import Path
 
 from cluster.backend import ModelInfo
-from cluster.config import ClusterConfig, WorkerResources
+from cluster.config import ClusterConfig
 from cluster.handle import ClusterHandle
-from engine.config import EngineConfig
+from cluster.placements import Placements
+from cluster.workers import PoolSpecs, engine_config, pool_size, reserve, start_worker, worker_specs
+
+__all__ = ["build_cluster", "connect_ray", "engine_config"]
 
 # Ray 2.60 on a single machine: everything on loopback, no auth token, no usage report
 # (../shared/ENVIRONMENT.md). Set only where the caller has not.
@@ -51,17 +56,6 @@ def connect_ray(config: ClusterConfig, num_cpus: int | None = None) -> bool:
     return True
 
 
-def engine_config(config: ClusterConfig, model_path: str, resources: WorkerResources) -> EngineConfig:
-    device = config.device
-    if device == "auto":
-        device = "cuda" if resources.num_gpus > 0 else "cpu"
-    return EngineConfig(model=model_path, device=device, dtype=config.dtype, kernels=config.kernels,
-                        block_size=config.block_size, num_blocks=config.num_blocks,
-                        gpu_memory_utilization=config.gpu_memory_utilization,
-                        max_num_batched_tokens=config.max_num_batched_tokens, max_num_seqs=config.max_num_seqs,
-                        max_model_len=config.max_model_len, num_threads=resources.threads)
-
-
 def _transport(config: ClusterConfig) -> str:
     if config.transport != "auto":
         return config.transport
@@ -81,40 +75,26 @@ def build_cluster(config: ClusterConfig, controller_name: str | None = None) -> 
     """Start everything (see the module docstring). ``controller_name`` names the controller actor
     so other processes (Serve replicas) can find it with ``ClusterHandle.attach``."""
     import ray
-    from ray.util.placement_group import placement_group, remove_placement_group
-    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+    from ray.util.placement_group import remove_placement_group
 
     from cluster.controller import Controller
-    from decode_worker.worker import DecodeWorker
     from engine.model_config import load_model_spec
-    from prefill_worker.worker import PrefillWorker
+    from router.plan import WorkerRole
 
     started = connect_ray(config)
     path = _model_path(config)
     spec = load_model_spec(path)
-    transport = _transport(config)
-    groups, actors = [], {}
+    specs = worker_specs(config, path, _transport(config))
+    book, actors = Placements(), {}
     try:
-        if config.colocated_workers:
-            pools = {"c": (DecodeWorker, config.colocated_workers, config.colocated_resources)}
-        else:
-            pools = {"p": (PrefillWorker, config.prefill_workers, config.prefill_resources),
-                     "d": (DecodeWorker, config.decode_workers, config.decode_resources)}
-        for prefix, (cls, n, res) in pools.items():
-            bundle = {"CPU": res.num_cpus, **({"GPU": res.num_gpus} if res.num_gpus else {})}
-            pg = placement_group([bundle] * n, strategy="PACK")
-            groups.append(pg)
-            ray.get(pg.ready(), timeout=config.ready_timeout_s)
-            actor_cls = ray.remote(cls)
-            ecfg = engine_config(config, path, res)
+        for role, ws in specs.items():
+            n = pool_size(config, role)
+            group = reserve(ws, n)
+            book.add(ws.prefix, group, n)
+            ray.get(group.ready(), timeout=config.ready_timeout_s)
             for i in range(n):
-                strategy = PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=i)
-                deadline = ({"handoff_deadline_s": config.handoff_deadline_s} if prefix == "p"
-                            else {"pull_deadline_s": config.pull_deadline_s})
-                actors[f"{prefix}{i}"] = actor_cls.options(
-                    num_cpus=res.num_cpus, num_gpus=res.num_gpus, max_restarts=config.max_restarts,
-                    max_task_retries=0, scheduling_strategy=strategy).remote(
-                    ecfg, transport, **deadline)
+                wid = f"{ws.prefix}{i}"
+                actors[wid] = start_worker(ws, book.take(ws.prefix, wid))
         ray.get([a.ready.remote() for a in actors.values()], timeout=config.ready_timeout_s)
         stats = dict(zip(actors, ray.get([a.stats.remote() for a in actors.values()],
                                          timeout=config.ready_timeout_s)))
@@ -122,21 +102,24 @@ def build_cluster(config: ClusterConfig, controller_name: str | None = None) -> 
         perf = _calibrate(config, actors.get("p0") or actors.get("c0"))
         info = ModelInfo(config.served_model_name or Path(path).name, path,
                          min(spec.max_model_len, config.max_model_len or spec.max_model_len), spec.vocab_size)
+
+        def of(role: WorkerRole) -> dict:
+            return {w: a for w, a in actors.items() if role in specs and w.startswith(specs[role].prefix)}
+
         controller = ray.remote(Controller).options(num_cpus=0, max_concurrency=10_000, name=controller_name,
                                                     get_if_exists=False).remote(
-            config, {w: a for w, a in actors.items() if w.startswith("p")},
-            {w: a for w, a in actors.items() if w.startswith("d")}, info, perf, capacities,
-            {w: a for w, a in actors.items() if w.startswith("c")})
+            config, of(WorkerRole.PREFILL), of(WorkerRole.DECODE), info, perf, capacities,
+            of(WorkerRole.COLOCATED), PoolSpecs(specs, book))
         ray.get(controller.start.remote(), timeout=config.ready_timeout_s)
     except BaseException:
         for a in actors.values():
             ray.kill(a)
-        for pg in groups:
+        for pg in book.groups():
             remove_placement_group(pg)
         if started:
             ray.shutdown()
         raise
-    return ClusterHandle(controller, info, actors, groups, started, config)
+    return ClusterHandle(controller, info, actors, book.groups(), started, config)
 
 
 def _calibrate(config: ClusterConfig, worker):

@@ -13,6 +13,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from router.config import SchedulerConfig
 from router.slo import Scenario
 
+MAX_POOL_WORKERS = 256          # the most workers one pool may have (at build time and by resize)
+
 
 class WorkerResources(BaseModel):
     """What one worker actor asks Ray for. On a CPU machine ``num_gpus`` stays 0."""
@@ -28,7 +30,9 @@ class ClusterConfig(BaseModel):
     """Pools, model, transports, SLO defaults and the controller's deadlines.
 
     Deadlines (every wait has one): ``prefill_timeout_s`` per prefill call, ``step_timeout_s``
-    per decode step, ``ready_timeout_s`` for a worker to load, ``request_timeout_s`` end to end.
+    per decode step, ``ready_timeout_s`` for a worker to load (at build time and when a resize
+    adds one), ``request_timeout_s`` end to end, ``drain_timeout_s`` for a worker that a resize
+    removes to finish its requests (past it they are prefilled again on the workers that stay).
     ``max_retries``: re-prefills of one request after a worker death or a failed transfer.
     ``policy``: ``slo`` runs the SLOs-Serve scheduler; ``fcfs`` admits everything in arrival
     order (the baseline, best effort for all).
@@ -38,9 +42,9 @@ class ClusterConfig(BaseModel):
 
     model: str | None = None
     served_model_name: str | None = None
-    prefill_workers: int = Field(1, ge=1, le=256)
-    decode_workers: int = Field(1, ge=1, le=256)
-    colocated_workers: int = Field(0, ge=0, le=256)   # > 0: no prefill/decode split (the baseline)
+    prefill_workers: int = Field(1, ge=1, le=MAX_POOL_WORKERS)
+    decode_workers: int = Field(1, ge=1, le=MAX_POOL_WORKERS)
+    colocated_workers: int = Field(0, ge=0, le=MAX_POOL_WORKERS)   # > 0: no prefill/decode split (the baseline)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     kernels: Literal["auto", "torch", "triton"] = "auto"
@@ -70,6 +74,7 @@ class ClusterConfig(BaseModel):
     ready_timeout_s: float = Field(300.0, gt=0)
     request_timeout_s: float = Field(600.0, gt=0)
     health_interval_s: float = Field(1.0, gt=0)
+    drain_timeout_s: float = Field(60.0, ge=0)
     max_retries: int = Field(2, ge=0, le=10)
     max_restarts: int = Field(3, ge=0)
     session_affinity: bool = True

@@ -12,6 +12,8 @@ One asyncio actor. Its loops (all started by ``start``)::
                    streamed; a finished stage → StageDone, then the next stage on the same
                    decode worker (prefix cache) after its tool delay, or Finished
     health loop    pings unhealthy workers; a restarted actor that answers ``ready`` is used again
+    resize         (``cluster.resize``, on request) grows a pool with new workers or drains and
+                   removes the least-loaded ones; a draining worker takes no new work
 
 Failures: a dead prefill worker's batch is queued again elsewhere; a dead decode worker's
 requests are prefilled again (conversation so far) on the surviving workers; a transfer that
@@ -19,7 +21,8 @@ fails is retried by the decode side, then re-prefilled. Each re-prefill counts a
 ``max_retries``; past it the request fails with ``internal``. Every wait has a deadline
 (``ClusterConfig``). Worker step times feed a ``Calibrator``; the scheduler's performance model
 is refitted every ``refit_every`` steps. The prefill, handoff, decode, stage and failure paths
-are in ``cluster.flows`` (mixed in); this module holds the public face, planning and calibration.
+are in ``cluster.flows`` and pool resizing in ``cluster.resize`` (both mixed in); this module
+holds the public face, planning and calibration.
 """
 
 from __future__ import annotations
@@ -37,7 +40,9 @@ from cluster.config import ClusterConfig
 from cluster.flows import RequestFlows
 from cluster.pools import WorkerDied, WorkerSlot
 from cluster.requests import build_request
+from cluster.resize import PoolResizing
 from cluster.tracking import Tracked, Where
+from cluster.workers import PoolSpecs
 from router.affinity import HashRing
 from router.baselines import DistServeScheduler, SarathiScheduler
 from router.perf_model import Calibrator, PerfModel
@@ -49,14 +54,15 @@ log = logging.getLogger("tandem.controller")
 _DONE = object()
 
 
-class Controller(RequestFlows):
+class Controller(RequestFlows, PoolResizing):
     """See the module docstring. Built by ``cluster.builder``; callers use ``cluster.handle``."""
 
     def __init__(self, config: ClusterConfig, prefill: dict, decode: dict, info: ModelInfo, perf: PerfModel,
-                 capacities: dict[str, int], colocated: dict | None = None):
+                 capacities: dict[str, int], colocated: dict | None = None, pools: PoolSpecs | None = None):
         """``prefill``/``decode``/``colocated``: worker id → actor handle. A colocated worker is a
         decode worker that also runs its requests' prefill (``start_local``); a cluster has either
-        colocated workers only, or prefill and decode pools."""
+        colocated workers only, or prefill and decode pools. ``pools``: how the builder started
+        the workers and where they sit (needed by ``resize``; None: the pools cannot be resized)."""
         self.config, self.info, self.perf = config, info, perf
         self.slots: dict[str, WorkerSlot] = {}
         colocated = colocated or {}
@@ -84,6 +90,8 @@ class Controller(RequestFlows):
         self._plan_wake = asyncio.Event()
         self._plan_errors: list[str] = []
         self._closing = False
+        self._loops: dict[str, asyncio.Task] = {}        # worker id → its prefill or decode loop
+        self._init_resizing(pools)
 
     def _make_scheduler(self, perf: PerfModel):
         if self.config.policy == "fcfs":                 # no admission control: the baselines
@@ -108,16 +116,19 @@ class Controller(RequestFlows):
             loop = asyncio.get_running_loop()
             self._tasks.append(loop.create_task(self._plan_loop()))
             self._tasks.append(loop.create_task(self._health_loop()))
-            for wid, slot in self.slots.items():
-                loop_fn = self._prefill_loop if slot.role is WorkerRole.PREFILL else self._decode_loop
-                self._tasks.append(loop.create_task(loop_fn(slot)))
+            for slot in self.slots.values():
+                self._start_loop(slot)
         return True
+
+    def _start_loop(self, slot: WorkerSlot) -> None:
+        loop_fn = self._prefill_loop if slot.role is WorkerRole.PREFILL else self._decode_loop
+        self._loops[slot.id] = asyncio.get_running_loop().create_task(loop_fn(slot))
 
     async def shutdown(self) -> None:
         self._closing = True
         for rid in list(self.tracked):
             self._fail(rid, ErrorKind.UNAVAILABLE, "the cluster is shutting down")
-        for t in self._tasks:
+        for t in [*self._tasks, *self._loops.values()]:
             t.cancel()
 
     # ---- the public face ------------------------------------------------------------------------
@@ -186,7 +197,8 @@ class Controller(RequestFlows):
         return True                      # prefill / handoff: their tasks see ``cancelled`` and free
 
     async def health(self) -> tuple[WorkerHealth, ...]:
-        return tuple(WorkerHealth(s.id, s.role.value, s.healthy, s.restarts, s.detail) for s in self.slots.values())
+        return tuple(WorkerHealth(s.id, s.role.value, s.healthy, s.restarts,
+                                  s.detail or ("draining" if s.draining else "")) for s in self.slots.values())
 
     async def ready(self, deep: bool = False) -> bool:
         roles = {s.role for s in self.slots.values() if s.healthy}
@@ -287,8 +299,8 @@ class Controller(RequestFlows):
                 self._plan_wake.set()
 
     def _plan_once(self) -> None:
-        workers = tuple(WorkerState(s.id, s.role, s.kv_capacity_tokens, self._now(), s.healthy)
-                        for s in self.slots.values())
+        workers = tuple(WorkerState(s.id, s.role, s.kv_capacity_tokens, self._now(), s.accepting)
+                        for s in self.slots.values())       # draining: unhealthy for new work
         roles = {w.role for w in workers if w.healthy}
         if not (WorkerRole.COLOCATED in roles or {WorkerRole.PREFILL, WorkerRole.DECODE} <= roles):
             return                                  # wait for a restart (requests keep their deadline)
@@ -322,17 +334,23 @@ class Controller(RequestFlows):
         sid = t.req.session_id
         if not (sid and self.config.session_affinity):
             return
-        want = self.sessions.get(sid) or self.ring.pick(sid, self._dead(self.decode_role))
+        want = self.sessions.get(sid)
+        if want not in self.slots:                  # new session, or its worker was removed
+            want = self.ring.pick(sid, self._dead(self.decode_role))
         if want and want != t.decode_worker and affinity_ok(self._load(self.slots[want]), len(t.tokens) +
                                                             t.stage_max_tokens()):
             t.decode_worker = want
         self.sessions[sid] = t.decode_worker
 
     def _dead(self, role: WorkerRole) -> set[str]:
-        return {s.id for s in self.slots.values() if s.role is role and not s.healthy}
+        return {s.id for s in self.slots.values() if s.role is role and not s.accepting}
 
     def _load(self, s: WorkerSlot) -> WorkerLoad:
-        return WorkerLoad(s.id, s.healthy, s.queued_tokens, s.context_tokens, s.kv_capacity_tokens)
+        return WorkerLoad(s.id, s.accepting, s.queued_tokens, s.context_tokens, s.kv_capacity_tokens)
+
+    def _accepting(self, wid: str | None) -> bool:
+        slot = self.slots.get(wid or "")
+        return slot is not None and slot.accepting
 
     def _enqueue(self, t: Tracked) -> None:
         """Queue ``t`` for prefill (its planned worker if healthy, else the least loaded); on a
@@ -343,7 +361,7 @@ class Controller(RequestFlows):
             t.where = Where.QUEUED
             loop.create_task(self._colocated_start(t))
             return
-        if t.req.session_id and self.config.session_affinity and t.decode_worker in self.slots \
+        if t.req.session_id and self.config.session_affinity and self._accepting(t.decode_worker) \
                 and t.stage == 0 and not t.retries:
             t.where = Where.QUEUED
             loop.create_task(self._session_start(t))
@@ -352,8 +370,11 @@ class Controller(RequestFlows):
 
     def _queue_prefill(self, t: Tracked) -> None:
         pw = t.prefill_worker
-        if pw not in self.queues or not self.slots[pw].healthy:
-            pw = pick_prefill(self._load(s) for s in self.slots.values() if s.role is WorkerRole.PREFILL) or pw
+        if pw not in self.queues or not self.slots[pw].accepting:
+            prefill = [s for s in self.slots.values() if s.role is WorkerRole.PREFILL]
+            pw = pick_prefill(self._load(s) for s in prefill) or (      # none healthy: wait on one
+                pw if pw in self.queues and not self.slots[pw].draining
+                else next(s.id for s in prefill if not s.draining))
         t.prefill_worker, t.where = pw, Where.QUEUED
         self.queues[pw].append(t.id)
         slot = self.slots[pw]

@@ -5,6 +5,8 @@
     decode loop: step_report ─▶ tokens out; a finished stage ─▶ next stage (same decode worker,
     prefix cache) after its tool delay, or Finished
     failures: a dead worker or a failed transfer ─▶ prefill again (bounded by max_retries)
+    moves: a preemption, or a worker that a resize removes ─▶ prefill again (not a failure: no
+    retry is counted); a draining worker (``WorkerSlot.accepting`` False) gets no new work
 
 State lives on the controller (``self.tracked``, ``self.slots``, ``self.queues``); these methods
 run as asyncio tasks of its event loop, one at a time between awaits.
@@ -49,9 +51,9 @@ class RequestFlows:
     async def _prefill_loop(self, slot: WorkerSlot) -> None:
         cfg = self.config
         while True:
-            if not slot.healthy or not self.queues[slot.id]:
+            if not slot.accepting or not self.queues[slot.id]:
                 slot.wake.clear()
-                if not slot.healthy:
+                if not slot.accepting:
                     self._requeue_all(slot)
                 try:
                     await asyncio.wait_for(slot.wake.wait(), 0.5)
@@ -70,7 +72,7 @@ class RequestFlows:
             except WorkerDied:
                 for t in batch:
                     slot.queued_tokens -= len(t.tokens)
-                    await self._retry(t, f"prefill worker {slot.id} died")
+                    await self._retry(t, f"prefill worker {slot.id} died", failure=not slot.draining)
                 continue
             except Exception as exc:               # the call itself failed: fail its requests
                 for t in batch:
@@ -115,7 +117,7 @@ class RequestFlows:
     # ---- prefill on the decode worker ---------------------------------------------------------------
     async def _colocated_start(self, t: Tracked) -> None:
         wid = t.decode_worker
-        if wid not in self.slots or not self.slots[wid].healthy:
+        if not self._accepting(wid):
             wid = pick_decode((self._load(s) for s in self.slots.values() if s.role is self.decode_role),
                               len(t.tokens) + t.stage_max_tokens())
         if wid is None:
@@ -127,14 +129,17 @@ class RequestFlows:
 
     async def _session_start(self, t: Tracked) -> None:
         """A session turn: prefill on its decode worker if that worker caches most of the prompt."""
-        slot = self.slots[t.decode_worker]
+        slot = self.slots.get(t.decode_worker or "")
+        if slot is None or not slot.accepting:      # removed or draining since it was queued
+            self._queue_prefill(t)
+            return
         try:
             cached = await slot.call("cached_prefix_tokens", list(t.tokens), timeout_s=self.config.step_timeout_s)
         except Exception:
             cached = 0
         if t.id not in self.tracked:
             return
-        if slot.healthy and cached >= self.config.local_prefill_fraction * len(t.tokens):
+        if slot.accepting and cached >= self.config.local_prefill_fraction * len(t.tokens):
             self.totals["session_local_prefills"] += 1
             await self._start_local(slot, t, list(t.tokens))
         else:
@@ -145,7 +150,7 @@ class RequestFlows:
         try:
             await slot.call("start_local", t.id, tokens, t.params(), timeout_s=self.config.step_timeout_s)
         except WorkerDied:
-            await self._retry(t, f"worker {slot.id} died before the prefill started")
+            await self._retry(t, f"worker {slot.id} died before the prefill started", failure=not slot.draining)
             return
         except Exception as exc:
             self._fail(t.id, ErrorKind.INVALID, f"stage {t.stage}: {exc}")
@@ -161,7 +166,7 @@ class RequestFlows:
         cfg = self.config
         dw = t.decode_worker
         until = time.monotonic() + min(cfg.handoff_deadline_s, o.ticket.remaining()) * 0.8
-        while dw not in self.slots or not self.slots[dw].healthy:
+        while not self._accepting(dw):
             dw = pick_decode((self._load(s) for s in self.slots.values() if s.role is self.decode_role),
                              len(t.tokens) + t.stage_max_tokens())
             if dw is not None or time.monotonic() > until or t.cancelled:
@@ -181,7 +186,7 @@ class RequestFlows:
                                   timeout_s=cfg.pull_deadline_s * (cfg.max_retries + 2) + 5)
         except WorkerDied:
             await self._withdraw(pslot, t.id)
-            await self._retry(t, f"decode worker {dw} died during the handoff")
+            await self._retry(t, f"decode worker {dw} died during the handoff", failure=not slot.draining)
             return
         except Exception as exc:
             await self._withdraw(pslot, t.id)
@@ -196,8 +201,9 @@ class RequestFlows:
                 return
             t.where = Where.DECODE
             self._join_decode(slot, t)
-        elif res.decision is HandoffDecision.RECOMPUTE:
-            await self._retry(t, f"KV transfer failed: {'; '.join(res.errors)[:200]}")
+        elif res.decision is HandoffDecision.RECOMPUTE or pslot.draining or slot.draining:
+            await self._retry(t, f"KV transfer failed: {'; '.join(res.errors)[:200]}",
+                              failure=not (pslot.draining or slot.draining))   # a scale-down: a move
         else:
             self._fail(t.id, ErrorKind.INTERNAL, f"KV transfer failed: {'; '.join(res.errors)[:200]}")
 
@@ -216,6 +222,10 @@ class RequestFlows:
 
     # ---- decode ------------------------------------------------------------------------------------
     def _join_decode(self, slot: WorkerSlot, t: Tracked) -> None:
+        """``t`` now runs on ``slot``; if a resize removed ``slot`` meanwhile, prefill it again."""
+        if self.slots.get(slot.id) is not slot:
+            self._move(t, f"worker {slot.id} was removed while the request started there")
+            return
         slot.running.add(t.id)
         slot.context_tokens += len(t.tokens) + t.stage_max_tokens()
         slot.wake.set()
@@ -240,7 +250,7 @@ class RequestFlows:
                         t = self.tracked.get(rid)
                         slot.running.discard(rid)
                         if t is not None:
-                            await self._retry(t, f"decode worker {slot.id} died")
+                            await self._retry(t, f"decode worker {slot.id} died", failure=not slot.draining)
                     slot.context_tokens = 0
                 try:
                     await asyncio.wait_for(slot.wake.wait(), 0.5)
@@ -260,8 +270,8 @@ class RequestFlows:
                 self._observe([rep.record])
             for ev in rep.events:
                 t = self.tracked.get(ev.request_id)
-                if t is None or t.where is not Where.DECODE:
-                    continue
+                if t is None or t.where is not Where.DECODE or t.decode_worker != slot.id:
+                    continue                        # gone, or moved to another worker meanwhile
                 self._token_out(t, [ev.token], ev.text)
                 if ev.finished:
                     self._leave_decode(slot, t)
@@ -286,14 +296,19 @@ class RequestFlows:
             return
         tokens = t.begin_next_stage(time.monotonic())
         slot = self.slots.get(t.decode_worker or "")
-        if slot is None or not slot.healthy:
+        if slot is None or not slot.accepting:      # dead, draining or removed: prefill elsewhere
             t.restart_prefill(failure=False)
             self._enqueue(t)
             return
         await self._start_local(slot, t, tokens)
 
     # ---- failures ----------------------------------------------------------------------------------
-    async def _retry(self, t: Tracked, why: str) -> None:
+    async def _retry(self, t: Tracked, why: str, failure: bool = True) -> None:
+        """Prefill ``t`` again. ``failure`` False: the KV was lost to a scale-down, which moves the
+        request without counting a retry (``_move``)."""
+        if not failure:
+            self._move(t, why)
+            return
         if t.id not in self.tracked or t.cancelled:
             return
         if t.retries >= self.config.max_retries:
@@ -302,6 +317,15 @@ class RequestFlows:
         self.totals["retries"] += 1
         log.warning("request %s: %s; prefilling it again", t.id, why)
         t.restart_prefill()
+        self._enqueue(t)
+
+    def _move(self, t: Tracked, why: str) -> None:
+        """A policy move: prefill ``t`` again from the conversation so far, no retry counted."""
+        if t.id not in self.tracked or t.cancelled:
+            return
+        log.info("request %s: %s; prefilling it again", t.id, why)
+        self.totals["moves"] += 1
+        t.restart_prefill(failure=False)
         self._enqueue(t)
 
     async def _recompute(self, t: Tracked, why: str) -> None:
@@ -317,7 +341,7 @@ class RequestFlows:
     async def _health_loop(self) -> None:
         while True:
             await asyncio.sleep(self.config.health_interval_s)
-            for slot in self.slots.values():
+            for slot in list(self.slots.values()):      # a resize may change the slots meanwhile
                 if slot.healthy:
                     continue
                 try:
@@ -329,7 +353,7 @@ class RequestFlows:
             await self._poll_usage()
 
     async def _poll_usage(self) -> None:
-        for slot in self.slots.values():
+        for slot in list(self.slots.values()):
             if not slot.healthy:
                 continue
             try:

@@ -3,7 +3,8 @@
 A ``WorkerSlot`` wraps one Ray actor handle. Calls go through ``call`` with a deadline; an actor
 error marks the slot unhealthy (the health loop brings it back once the restarted actor answers
 ``ready``). Load is token-aware: outstanding prefill tokens for prefill workers, context tokens
-and free KV for decode workers (``router.placement`` picks with them).
+and free KV for decode workers (``router.placement`` picks with them). A *draining* slot is
+being removed by a resize: it finishes what it runs but takes no new work (``accepting``).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ class WorkerSlot:
     handle: Any
     kv_capacity_tokens: int = 1
     healthy: bool = True
+    draining: bool = False           # a resize is removing it: no new work (set once, never cleared)
     restarts: int = 0
     detail: str = ""
     queued_tokens: int = 0           # prefill: tokens waiting in its queue or in its current call
@@ -54,6 +56,11 @@ class WorkerSlot:
             raise WorkerDied(self.detail) from None
         except ray.exceptions.RayTaskError as exc:
             raise exc.as_instanceof_cause() from None
+
+    @property
+    def accepting(self) -> bool:
+        """Healthy and not draining: new requests, stages and handoffs may go here."""
+        return self.healthy and not self.draining
 
     def mark_dead(self, detail: str) -> None:
         if self.healthy:

@@ -13,7 +13,8 @@ The ingress replica's constructor (Ray is already up: Serve started it)::
     FastAPI app (deploy.openai_api.make_app) as the replica's ASGI app, with the admin routes
     (deploy.admin_api: version weights, rollback) behind ``admin_api_keys``
     autoscaler (deploy.autoscale_loop, dry run by default) fed by both fronts' streams,
-    its decisions at GET /v1/autoscale
+    its decisions at GET /v1/autoscale; with ``autoscale.dry_run: false`` it resizes the pools
+    through ``ClusterHandle.resize``
 
 With ``models:`` (deploy.multi_cluster) the replica attaches to or builds one cluster per
 (model, version) and fronts them with a ``deploy.multi_backend.MultiBackend`` (per-model
@@ -55,13 +56,14 @@ def _cluster(config: ServeConfig):
 
 
 def _autoscaler(handle, config: ServeConfig):
-    """The replica's autoscaler (None when ``config.autoscale`` is null); bundles from the pools."""
+    """The replica's autoscaler (None when ``config.autoscale`` is null); bundles from the pools;
+    ``handle.resize`` carries out its decisions unless ``autoscale.dry_run`` (the default)."""
     if config.autoscale is None:
         return None
     from deploy.autoscale_loop import LiveAutoscaler, bundle
 
     p, d = config.cluster.prefill_resources, config.cluster.decode_resources
-    return LiveAutoscaler(handle, config.autoscale, config.autoscale_interval_s,
+    return LiveAutoscaler(handle, config.autoscale, config.autoscale_interval_s, resize=handle.resize,
                           prefill_bundle=bundle(p.num_cpus, p.num_gpus),
                           decode_bundle=bundle(d.num_cpus, d.num_gpus))
 

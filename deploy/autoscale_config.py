@@ -53,6 +53,12 @@ class AutoscaleConfig(BaseModel):
     ``downscale_cooldown_s``, which must be the longer of the two. ``max_step`` bounds one
     scale-up; scale-down always removes one replica. The P:D guard keeps
     ``pd_ratio_min <= prefill/decode <= pd_ratio_max``.
+
+    ``dry_run`` (the default) only logs and reports decisions; False carries them out through
+    the cluster's pool resize (``ClusterHandle.resize``: workers started for a scale-up; for a
+    scale-down the least-loaded ones drain within the cluster's ``drain_timeout_s``, after which
+    their remaining requests are prefilled again elsewhere). Bounds below 1 are impossible: a
+    pool never shrinks to zero.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")

@@ -4,18 +4,22 @@
 
         every sample_s     stats = await backend.stats() (with a timeout) → window.observe_stats
         every interval_s   result = window.close(now) → policy.decide(result.signals, now)
-                           → on_decision(result, decision)
+                           → on_decision(result, decision)      (awaited if it returns an awaitable)
 
 The serving app wires it with ``LiveAutoscaler``::
 
-    autoscaler = LiveAutoscaler(handle, config.autoscale, config.autoscale_interval_s)
+    autoscaler = LiveAutoscaler(handle, config.autoscale, config.autoscale_interval_s,
+                                resize=handle.resize)
     fronts get autoscaler.backend     ← the handle, with every stream item also fed to the window
     mount_autoscale_route(app, autoscaler)                 GET /v1/autoscale (JSON, API key)
     autoscaler.start()  ...  await autoscaler.stop()       on the serving event loop
 
 Each decision goes through ``deploy.autoscale_ray.apply``: in dry run (the default) it is only
-logged and kept for ``/v1/autoscale``; otherwise ``resize(pool, n)`` carries it out. The cluster
-has no pool-resize yet, so a ``LiveAutoscaler`` without ``resize`` refuses ``dry_run=False``.
+logged and kept for ``/v1/autoscale``; otherwise ``resize(pool, n)`` carries it out
+(``ClusterHandle.resize``: new workers for a scale-up; for a scale-down the least-loaded workers
+drain, their requests finish or move, nothing fails). The loop awaits the resize, so no window
+closes and nothing is sampled while a pool changes; the next window sees the new counts. A
+``LiveAutoscaler`` without ``resize`` refuses ``dry_run=False``.
 
 Failures never stop the loop: a stats call that fails or times out is a missed sample, a window
 without samples is skipped (logged), and an ``on_decision`` that raises is logged.
@@ -25,10 +29,12 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import inspect
 import logging
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
@@ -44,7 +50,7 @@ __all__ = ["LiveAutoscaler", "SignalWindow", "TappedBackend", "WindowSignals",
            "mount_autoscale_route", "run_autoscaler"]
 
 log = logging.getLogger(__name__)
-OnDecision = Callable[[WindowSignals, ScaleDecision], None]
+OnDecision = Callable[[WindowSignals, ScaleDecision], Awaitable[None] | None]
 DEFAULT_SAMPLE_S = 2.0
 STATS_TIMEOUT_S = 10.0
 STOP_TIMEOUT_S = 10.0
@@ -81,7 +87,9 @@ async def run_autoscaler(backend: Backend, policy: AutoscalePolicy, interval_s: 
             else:
                 decision = policy.decide(result.signals, now)
                 try:
-                    on_decision(result, decision)
+                    done = on_decision(result, decision)
+                    if inspect.isawaitable(done):
+                        await done
                 except Exception:  # noqa: BLE001 - a reporting bug must not stop the loop
                     log.exception("autoscale: on_decision failed")
         await asyncio.sleep(max(0.0, min(sample_s, next_close - clock())))
@@ -128,15 +136,19 @@ def bundle(num_cpus: float, num_gpus: float = 0.0) -> dict[str, float]:
 
 
 class LiveAutoscaler:
-    """The loop, its window and its last ``keep`` decisions, for one serving replica."""
+    """The loop, its window and its last ``keep`` decisions, for one serving replica.
+
+    ``resize(pool, n)`` (sync or async; ``ClusterHandle.resize`` in the serving app) carries
+    out decisions when ``config.dry_run`` is False; each report entry records what it returned
+    (``resized``) and any error (``errors``)."""
 
     def __init__(self, backend: Backend, config: AutoscaleConfig, interval_s: float, *,
                  resize: Resize | None = None, prefill_bundle: Mapping[str, float] | None = None,
                  decode_bundle: Mapping[str, float] | None = None, sample_s: float | None = None,
                  keep: int = 32, clock: Callable[[], float] = time.monotonic):
         if not config.dry_run and resize is None:
-            raise ValueError("autoscale.dry_run=false needs a pool-resize callback, which this "
-                             "cluster does not have yet: keep dry_run=true")
+            raise ValueError("autoscale.dry_run=false needs a pool-resize callback (deploy.app passes "
+                             "ClusterHandle.resize); without one keep dry_run=true")
         self.config, self.interval_s, self._sample_s, self._clock = config, interval_s, sample_s, clock
         self._raw, self._resize = backend, resize
         self._bundles = (dict(prefill_bundle or bundle(1.0)), dict(decode_bundle or bundle(1.0)))
@@ -160,14 +172,14 @@ class LiveAutoscaler:
             task.cancel()
             await asyncio.wait({task}, timeout=timeout_s)
 
-    def on_decision(self, window: WindowSignals, decision: ScaleDecision) -> None:
+    async def on_decision(self, window: WindowSignals, decision: ScaleDecision) -> None:
         s = window.signals
         log.info("autoscale window %.1fs: queue p90 %.3fs (%s), TTFT %s, predicted %s, TPOT %s, "
                  "KV %.2f, busy P %.2f D %.2f, replicas %d:%d",
                  window.end_s - window.start_s, s.queue_wait_p90_s, window.queue_wait_source,
                  s.ttft_attainment, s.predicted_ttft_attainment, s.tpot_attainment, s.kv_usage,
                  s.prefill_busy, s.decode_busy, s.prefill_replicas, s.decode_replicas)
-        applied = apply(decision, self._resize or _no_resize, *self._bundles)
+        outcome = await apply(decision, self._resize or _no_resize, *self._bundles)
         self.windows += 1
         self._decisions.append({
             "at": time.time(), "window_s": round(window.end_s - window.start_s, 3),
@@ -176,7 +188,8 @@ class LiveAutoscaler:
             "signals": dataclasses.asdict(s),
             "decision": {**dataclasses.asdict(decision), "reasons": list(decision.reasons),
                          "changed": decision.changed},
-            "applied": applied})
+            "applied": outcome.applied, "resized": [_jsonable(r) for r in outcome.results],
+            "errors": list(outcome.errors)})
 
     def report(self) -> dict:
         """The ``/v1/autoscale`` body: settings and the last decisions, oldest first."""
@@ -184,6 +197,13 @@ class LiveAutoscaler:
                 "interval_s": self.interval_s, "windows": self.windows,
                 "running": self._task is not None and not self._task.done(),
                 "config": self.config.model_dump(mode="json"), "decisions": list(self._decisions)}
+
+
+def _jsonable(result: Any) -> Any:
+    """A resize result for the JSON report (``cluster.api.ResizeResult`` is a dataclass)."""
+    if dataclasses.is_dataclass(result) and not isinstance(result, type):
+        return dataclasses.asdict(result)
+    return result if isinstance(result, (str, int, float, bool, type(None), list, dict)) else repr(result)
 
 
 def _no_resize(pool: str, n: int) -> None:

@@ -11,7 +11,8 @@
     default_max_tokens: output limit of a request that sets none (capped by the context window)
     controller_name:  the cluster controller's actor name; a replica attaches to it if it exists
     autoscale:        a deploy.autoscale_config.AutoscaleConfig (dry_run by default: decisions are
-                      only logged and shown at GET /v1/autoscale); null turns the autoscaler off
+                      only logged and shown at GET /v1/autoscale; dry_run: false resizes the pools
+                      through ClusterHandle.resize); null turns the autoscaler off
     autoscale_interval_s: one autoscaling decision per this many seconds
     models:           several served models instead of ``cluster`` (deploy.model_router): by
                       served name (the first is the default), each a ``ServedModel``: the

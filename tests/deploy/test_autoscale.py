@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import pytest
@@ -156,7 +157,7 @@ def test_dry_run_decides_and_logs_but_calls_nothing(monkeypatch, caplog):
     decision = policy.decide(signals(2, 2, queue_wait_p90_s=5.0), 0.0)
     assert decision.dry_run and decision.changed and decision.prefill_replicas == 4
     with caplog.at_level(logging.INFO, logger="deploy.autoscale_ray"):
-        assert apply(decision, resize, {"GPU": 1}, {"GPU": 1}) is False
+        assert asyncio.run(apply(decision, resize, {"GPU": 1}, {"GPU": 1})).applied is False
     assert resize.calls == [] and request_resources.calls == []
     assert "dry run" in caplog.text and "prefill 2->4" in caplog.text
 
@@ -166,7 +167,8 @@ def test_apply_requests_resources_for_the_whole_target_and_resizes_changed_pools
     request_resources, resize = Recorder(), Recorder()
     monkeypatch.setattr("ray.autoscaler.sdk.request_resources", request_resources)
     decision = AutoscalePolicy(config()).decide(signals(2, 2, queue_wait_p90_s=5.0), 0.0)
-    assert apply(decision, resize, {"GPU": 1, "CPU": 2}, {"GPU": 1}) is True
+    outcome = asyncio.run(apply(decision, resize, {"GPU": 1, "CPU": 2}, {"GPU": 1}))
+    assert outcome.applied is True and outcome.errors == () and outcome.results == (None,)
     (_, kwargs), = request_resources.calls
     assert kwargs["bundles"] == [{"GPU": 1, "CPU": 2}] * 4 + [{"GPU": 1}] * 2
     assert resize.calls == [(("prefill", 4), {})]

@@ -1,6 +1,7 @@
 """The dry-run autoscaler on a real cluster (local loopback Ray, tiny model) behind the real HTTP
 front: requests go through the tapped backend, decisions show up at ``GET /v1/autoscale`` with
-plausible signals, and no pool is ever resized.
+plausible signals, and no pool is ever resized. Then an autoscaler with ``dry_run=False`` whose
+config forces a scale-up resizes the decode pool through ``ClusterHandle.resize``.
 
 The autoscaler loop runs on its own event loop thread here (uvicorn owns the other); in the Serve
 replica both share one loop. The window is thread-safe for exactly this.
@@ -70,7 +71,7 @@ def live(llama_dir):
             loop.call(start())
             server = UvicornThread(app, free_port()).start()
             try:
-                yield server, auto, resized
+                yield server, auto, resized, handle, loop
             finally:
                 server.stop()
                 loop.call(auto.stop())
@@ -80,7 +81,7 @@ def live(llama_dir):
 
 
 def test_dry_run_decisions_appear_at_v1_autoscale_and_nothing_is_resized(live):
-    server, auto, resized = live
+    server, auto, resized, _, _ = live
     with httpx.Client(base_url=server.url, timeout=TIMEOUT, headers={"Authorization": "Bearer key-a"}) as http:
         for i in range(4):
             r = http.post("/v1/completions", json={"prompt": f"Hello world {i}", "max_tokens": 6,
@@ -108,3 +109,32 @@ def test_dry_run_decisions_appear_at_v1_autoscale_and_nothing_is_resized(live):
     assert any(d["queue_wait_source"] == "items" for d in fed)
     assert any(d["signals"]["prefill_busy"] > 0 for d in fed)    # the workers did run steps
     assert resized == []
+
+
+def test_a_live_autoscaler_resizes_the_decode_pool_through_the_handle(live):
+    server, _, _, handle, loop = live
+    config = AutoscaleConfig(decode_min=2, upscale_cooldown_s=0, dry_run=False)   # 1 decode: below min
+    auto = LiveAutoscaler(handle, config, 0.5, sample_s=0.1, resize=handle.resize)
+
+    async def start():
+        auto.start()
+
+    loop.call(start())
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and not any(d["applied"] for d in auto.report()["decisions"]):
+            time.sleep(0.1)
+    finally:
+        loop.call(auto.stop())
+    applied = [d for d in auto.report()["decisions"] if d["applied"]]
+    assert applied, auto.report()
+    first = applied[0]
+    assert first["decision"]["decode_replicas"] == 2 and first["errors"] == []
+    resized, = first["resized"]
+    assert (resized["role"], resized["before"], resized["after"]) == ("decode", 1, 2)
+    assert list(resized["added"]) == ["d1"] and not resized["removed"]
+    health = loop.call(handle.health())
+    assert sorted(h.worker_id for h in health if h.role == "decode") == ["d0", "d1"]
+    with httpx.Client(base_url=server.url, timeout=TIMEOUT, headers={"Authorization": "Bearer key-a"}) as http:
+        r = http.post("/v1/completions", json={"prompt": "After the resize", "max_tokens": 4, "temperature": 0})
+        assert r.status_code == 200, r.text

@@ -196,3 +196,34 @@ def test_live_autoscaler_in_dry_run_records_and_never_resizes():
 def test_live_autoscaler_refuses_to_act_without_a_resize_callback():
     with pytest.raises(ValueError, match="dry_run"):
         LiveAutoscaler(FakeBackend(), AutoscaleConfig(dry_run=False), 10.0)
+
+
+def test_live_autoscaler_awaits_an_async_resize_and_reports_results_and_errors(monkeypatch):
+    pytest.importorskip("ray")
+    monkeypatch.setattr("ray.autoscaler.sdk.request_resources", lambda **kw: None)
+    calls = []
+
+    async def resize(pool, n):
+        calls.append((pool, n))
+        await asyncio.sleep(0.01)
+        if pool == "prefill":
+            raise RuntimeError("no GPU free")
+        return {"role": pool, "after": n}
+
+    async def main():
+        config = AutoscaleConfig(prefill_min=2, decode_min=3, upscale_cooldown_s=0, dry_run=False)
+        auto = LiveAutoscaler(FakeBackend(), config, 0.1, sample_s=0.05, resize=resize)
+        auto.start()
+        for _ in range(500):
+            if auto.windows >= 1:
+                break
+            await asyncio.sleep(0.02)
+        await auto.stop()
+        return auto.report()
+
+    report = asyncio.run(asyncio.wait_for(main(), 10))
+    first = report["decisions"][0]
+    assert report["dry_run"] is False and first["applied"] is True
+    assert calls[:2] == [("prefill", 2), ("decode", 3)]          # decode resized despite prefill's error
+    assert first["resized"] == [{"role": "decode", "after": 3}]
+    assert len(first["errors"]) == 1 and "no GPU free" in first["errors"][0]
