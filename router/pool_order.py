@@ -5,8 +5,9 @@ SLO mode (colocated, the plan's guarantee):
     budget B (token equivalents, PerfModel.budget at the directive's τ)
     ├─ every admitted decoding request: 1 token, costs w(ctx)            (mandatory)
     ├─ admitted prefill chunks by deadline (or most urgent first), until B is spent
-    └─ leftovers: best-effort decode (shortest remaining first), then best-effort prefill
-       (a new best-effort request starts only while its KV reservation fits)
+    └─ leftovers: best-effort decode (shortest remaining first), then best-effort prefill:
+       the ones that can still meet their TTFT first; late ones only in a batch with no admitted
+       prefill waiting (a new best-effort request starts only while its KV reservation fits)
 
 Admitted work is placed before any best-effort work and the budget is the same with or without
 best effort, so best effort never takes tokens from admitted requests and every batch stays
@@ -139,6 +140,22 @@ def _memory_admits(queue: list[RequestState], resident: list[RequestState], capa
     return out
 
 
+def _best_effort_order(waiting: list[RequestState], now_s: float, tau: float,
+                       admitted_prefill: bool) -> list[RequestState]:
+    """Best-effort prefill in the order it may use a batch's leftover budget: first the requests
+    that can still meet their TTFT (deadline at least one batch away), in arrival order; then the
+    late ones, only when no admitted prefill is waiting on the worker. A late request has missed
+    its SLO already, and filling a batch that carries admitted prefill makes that batch last the
+    whole τ, which delays the next one: it takes away the head start the admitted requests (and
+    the ones admitted next) would get from a shorter batch."""
+    key = lambda r: (r.request.arrival_s, r.id)          # noqa: E731
+    soon = now_s + tau
+    on_time = sorted((r for r in waiting if r.ttft_deadline_s >= soon), key=key)
+    if admitted_prefill:
+        return on_time
+    return on_time + sorted((r for r in waiting if r.ttft_deadline_s < soon), key=key)
+
+
 def _best_effort_fits(queue: list[RequestState], resident: list[RequestState],
                       capacity: int) -> list[RequestState]:
     """Best-effort prefill that may run: started ones always, a new one only while its
@@ -192,8 +209,8 @@ def form_batch(now_s: float, resident: list[RequestState], directive: Directive,
                 if cost <= cap:
                     decode.append(r)
                     cap -= cost
-        be_wait = sorted((r for r in wait if r.admission is Admission.BEST_EFFORT),
-                         key=lambda r: (r.request.arrival_s, r.id))
+        be_wait = _best_effort_order([r for r in wait if r.admission is Admission.BEST_EFFORT], now_s,
+                                     directive.batch_time_s, admitted_prefill=bool(adm_wait))
         more, _ = _slo_fill(_best_effort_fits(be_wait, live, kv_capacity), cap, b)
         return _batch(directive.worker_id, chunks + more, decode, model)
     if mode is BatchMode.DECODE_ONLY:

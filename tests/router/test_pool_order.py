@@ -73,3 +73,14 @@ def test_best_effort_prefill_starts_only_while_its_kv_reservation_fits(exact_mod
                            prefill_worker="w0", decode_worker="w0")   # started: always continues
     b = form_batch(0.0, [adm, be1, started], Directive("w0", BatchMode.SLO, 0.5, 0), exact_model, cap)
     assert [c.request_id for c in b.chunks] == ["a", "b2"]
+
+
+def test_best_effort_that_can_still_meet_its_ttft_goes_first_and_late_ones_wait_for_admitted_prefill(exact_model):
+    late = _wait("late", 200, 0.1, adm=Admission.BEST_EFFORT, arrival=0.0)      # due at 0.1 < 1.0 + τ
+    fresh = _wait("fresh", 200, 5.0, adm=Admission.BEST_EFFORT, arrival=0.5)    # due at 5.5
+    d = Directive("w0", BatchMode.SLO, 0.2, 0)
+    b = form_batch(1.0, [late, fresh], d, exact_model, 10**6)
+    assert [c.request_id for c in b.chunks] == ["fresh", "late"]            # on time first
+    adm = _wait("a", 200, 5.0)
+    b = form_batch(1.0, [adm, late, fresh], d, exact_model, 10**6)
+    assert [c.request_id for c in b.chunks] == ["a", "fresh"]              # late waits
