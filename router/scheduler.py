@@ -92,7 +92,7 @@ class SloScheduler(Scheduler):
         self.transfer_s = transfer_s or (lambda tokens: 0.0)
         self.overload = OverloadMachine(self.config.overload)
         self.tenants = TenantLimiter(self.config)
-        self.size_gate = SizeGate(self.config.size_gate)
+        self.size_gate = SizeGate(self.config.size_gate, self.model)
         self._rate_passed: set[str] = set()
         self._tau: dict[str, float] = {}
         self._directives = PoolDirectives()              # the last step's disaggregated directives
@@ -191,23 +191,20 @@ class SloScheduler(Scheduler):
         return out
 
     # ---- 2b. the size gate -----------------------------------------------------------------
-    def _size_gated(self, gated: list[tuple[RequestState, Lane]]):
-        """(the gated requests the DP may admit, every gated request's cost or None when the gate
-        is off): while the size gate is closed, requests above its threshold skip admission."""
-        if not self.config.size_gate.enabled or not gated:
-            return gated, None
-        costs = service_costs([r.request for r, _ in gated], self.model)
+    def _size_gated(self, gated: list[tuple[RequestState, Lane]]) -> list[tuple[RequestState, Lane]]:
+        """The gated requests the DP may consider: while the size gate is closed, those whose
+        cost is above its threshold skip admission."""
         limit = self.size_gate.threshold()
-        if limit == math.inf:
-            return gated, costs
-        return [g for g, c in zip(gated, costs.tolist()) if c <= limit], costs
+        if limit == math.inf or not gated:
+            return gated
+        costs = self.size_gate.costs([r.request for r, _ in gated])
+        return [g for g, c in zip(gated, costs.tolist()) if c <= limit]
 
-    def _size_gate_update(self, now: float, gated, candidates, costs, admitted, deferred) -> None:
-        if costs is None:
+    def _size_gate_update(self, now: float, gated, candidates, admitted, deferred) -> None:
+        if not self.config.size_gate.enabled:
             return
         turned_away = sum(1 for r, _ in candidates if r.id not in admitted and r.id not in deferred)
-        final = np.fromiter((r.id not in deferred for r, _ in gated), bool, len(gated))
-        self.size_gate.observe(costs[final])
+        self.size_gate.observe([r.request for r, _ in gated if r.id not in deferred])
         self.size_gate.update(now, turned_away)
 
     # ---- 3. colocated admission ----------------------------------------------------------
@@ -287,7 +284,7 @@ class SloScheduler(Scheduler):
             usage[r.request.tenant] = usage.get(r.request.tenant, 0.0) + r.reserved_tokens
         fair = fairness_factors(usage, {r.request.tenant for r, _ in gated}, cfg)
         lane_value = {lane: c.value for lane, c in cfg.lanes.items()}
-        candidates, costs = self._size_gated(gated)
+        candidates = self._size_gated(gated)
         values = [lane_value[lane] * fair[r.request.tenant] for r, lane in candidates]
         if any(w.role is not WorkerRole.COLOCATED for w in workers):    # a prefill or decode worker
             res = plan_pools(snap, workers, candidates, dict(zip((r.id for r, _ in candidates), values)),
@@ -296,7 +293,7 @@ class SloScheduler(Scheduler):
         else:
             admitted, deferred, directives, at_risk = self._admit_colocated(snap, workers, by_worker, candidates,
                                                                             values)
-        self._size_gate_update(snap.now_s, gated, candidates, costs, admitted, deferred)
+        self._size_gate_update(snap.now_s, gated, candidates, admitted, deferred)
         held_out = {r.id for r, _ in gated} - {r.id for r, _ in candidates} if len(candidates) < len(gated) else ()
         decisions += self._decide(workers, by_worker, gated, admitted, deferred, held_out)
         preempt = self._preempt(workers, by_worker, gated, admitted) if best else []   # best effort only

@@ -55,27 +55,42 @@ def service_costs(requests: list[Request], model: PerfModel) -> np.ndarray:
 
 
 class SizeGate:
-    """The threshold and its controller (module docstring). `open` is True while q = 1."""
+    """The threshold and its controller (module docstring). `open` is True while q = 1.
 
-    def __init__(self, config: SizeGateConfig) -> None:
+    Costs are computed only while the gate is closed (the recent requests are kept, their costs
+    cached by id), so an open gate costs a plan almost nothing."""
+
+    def __init__(self, config: SizeGateConfig, model: PerfModel) -> None:
         self.config = config
+        self.model = model
         self.q = 1.0
-        self._recent: deque[float] = deque(maxlen=config.window)
+        self._recent: deque[Request] = deque(maxlen=config.window)
+        self._cost: dict[str, float] = {}
         self._last_s: float | None = None
 
     @property
     def open(self) -> bool:
         return not self.config.enabled or self.q >= 1.0
 
+    def costs(self, requests: list[Request]) -> np.ndarray:
+        """`service_costs`, cached by request id."""
+        missing = [r for r in requests if r.id not in self._cost]
+        if missing:
+            self._cost.update(zip((r.id for r in missing), service_costs(missing, self.model).tolist()))
+        return np.fromiter((self._cost[r.id] for r in requests), float, len(requests))
+
     def threshold(self) -> float:
         """Costs above this skip admission (inf while the gate is open or has seen nothing)."""
         if self.open or not self._recent:
             return float("inf")
-        return float(np.quantile(np.fromiter(self._recent, float, len(self._recent)), self.q))
+        if len(self._cost) > 4 * self.config.window:          # forget requests out of the window
+            keep = {r.id for r in self._recent}
+            self._cost = {k: v for k, v in self._cost.items() if k in keep}
+        return float(np.quantile(self.costs(list(self._recent)), self.q))
 
-    def observe(self, costs: np.ndarray) -> None:
-        """Record the costs of requests decided this step (deferred ones are recorded when decided)."""
-        self._recent.extend(costs.tolist())
+    def observe(self, requests: list[Request]) -> None:
+        """Record the requests decided this step (deferred ones are recorded when decided)."""
+        self._recent.extend(requests)
 
     def update(self, now_s: float, turned_away: int) -> None:
         """After a plan: `turned_away` = requests under the threshold the DP did not admit."""

@@ -28,13 +28,14 @@ def test_service_cost_is_prefill_time_plus_decode_at_the_mean_context(exact_mode
     assert np.all(np.diff(sizes) > 0)
 
 
-def test_the_gate_closes_while_requests_are_turned_away_and_reopens_when_they_are_not():
-    g = SizeGate(SizeGateConfig(window=8, min_quantile=0.5, step_down=0.1, recover_per_s=0.2))
-    g.observe(np.arange(1.0, 11.0))                 # the window keeps the last 8: 3..10
+def test_the_gate_closes_while_requests_are_turned_away_and_reopens_when_they_are_not(exact_model):
+    g = SizeGate(SizeGateConfig(window=8, min_quantile=0.5, step_down=0.1, recover_per_s=0.2), exact_model)
+    reqs = [req(f"r{i}", prompt=100 * i, out=10) for i in range(1, 11)]
+    g.observe(reqs)                                 # the window keeps the last 8
     assert g.open and g.threshold() == float("inf")
     g.update(0.0, turned_away=3)
     assert g.q == pytest.approx(0.7) and not g.open
-    assert g.threshold() == pytest.approx(np.quantile(np.arange(3.0, 11.0), 0.7))
+    assert g.threshold() == pytest.approx(np.quantile(service_costs(reqs[2:], exact_model), 0.7))
     g.update(1.0, turned_away=10)
     assert g.q == 0.5                               # floored at min_quantile
     g.update(2.0, turned_away=0)
@@ -43,9 +44,9 @@ def test_the_gate_closes_while_requests_are_turned_away_and_reopens_when_they_ar
     assert g.open and g.threshold() == float("inf")
 
 
-def test_a_disabled_gate_never_closes():
-    g = SizeGate(SizeGateConfig(enabled=False))
-    g.observe(np.ones(10))
+def test_a_disabled_gate_never_closes(exact_model):
+    g = SizeGate(SizeGateConfig(enabled=False), exact_model)
+    g.observe([req("a")])
     g.update(0.0, turned_away=100)
     assert g.open and g.threshold() == float("inf")
 
