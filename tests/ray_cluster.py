@@ -30,9 +30,7 @@ def local_ray(prefix: str = "tray"):
 
     saved = {k: os.environ.get(k) for k in ENV}
     os.environ.update(ENV)
-    temp = tempfile.mkdtemp(prefix=prefix)
-    ray.init(num_cpus=2, object_store_memory=256 * 2**20, include_dashboard=False, _temp_dir=temp,
-             runtime_env={"env_vars": {**ENV, "PYTHONPATH": str(ROOT)}}, log_to_driver=False)
+    temp = _init(ray, prefix)
     try:
         yield ray
     finally:
@@ -40,6 +38,24 @@ def local_ray(prefix: str = "tray"):
         shutil.rmtree(temp, ignore_errors=True)
         for k, v in saved.items():
             os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+
+
+def _init(ray, prefix: str, attempts: int = 2) -> str:
+    """``ray.init`` in a fresh temp dir; once more in another one if the node does not come up
+    (Ray gives its raylet 30 s, which a 2-core machine still busy tearing down the previous
+    test's cluster can miss). Returns the temp dir in use."""
+    for attempt in range(attempts):
+        temp = tempfile.mkdtemp(prefix=prefix)
+        try:
+            ray.init(num_cpus=2, object_store_memory=256 * 2**20, include_dashboard=False, _temp_dir=temp,
+                     runtime_env={"env_vars": {**ENV, "PYTHONPATH": str(ROOT)}}, log_to_driver=False)
+            return temp
+        except Exception as exc:
+            ray.shutdown()
+            shutil.rmtree(temp, ignore_errors=True)
+            if attempt + 1 == attempts or "timed out during startup" not in str(exc):
+                raise
+    raise AssertionError("unreachable")
 
 
 def tiny_cluster_config(model_dir, **overrides):
