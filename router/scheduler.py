@@ -34,7 +34,7 @@ from router.plan import (BatchMode, Decision, DecisionKind, Directive, FallbackA
                          Snapshot, WorkerRole, WorkerState)
 from router.policies.lanes import choose_lanes, memory_limit
 from router.policies.overload import OverloadMachine, Signals
-from router.policies.size_gate import SizeGate, service_costs
+from router.policies.size_gate import SizeGate
 from router.policies.tenants import TenantLimiter, TenantVerdict, fairness_factors
 from router.request import Admission, Lane, Phase, RequestState
 
@@ -302,9 +302,9 @@ class SloScheduler(Scheduler):
                         and (r.context_tokens > 0 or r.phase is not Phase.WAITING)]
         if len(self._rate_passed) > 4 * len(pending) + 1024:
             self._rate_passed &= {r.id for r in pending}
+        stats = {"pending": len(pending), "admitted": len(admitted), "size_gate_quantile": self.size_gate.q}
         return Plan(snap.now_s, tuple(decisions), tuple(directives), tuple(preempt), self.overload.state,
-                    self.overload.actions, tuple(at_risk), {"pending": len(pending), "admitted": len(admitted),
-                                                   "size_gate_quantile": self.size_gate.q})
+                    self.overload.actions, tuple(at_risk), stats)
 
     # ---- 4. best effort and preemption ---------------------------------------------------
     def _decide(self, workers, by_worker, gated, admitted, deferred, held_out=()) -> list[Decision]:
