@@ -241,3 +241,4 @@ class ClusterStats:
     tenants_running: dict[str, int]
     prompt_tokens: int
     generation_tokens: int
+    size_gate_quantile: float = 1.0  # scheduler's size gate: 1 open; below 1 the costliest recent requests skip admission

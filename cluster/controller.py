@@ -84,6 +84,7 @@ class Controller(RequestFlows, PoolResizing):
         self.lanes: dict[str, Counter] = {}
         self.actions: Counter = Counter()
         self.overload = "normal"
+        self.size_gate_quantile = 1.0
         self.kv = {"bytes": 0, "count": 0, "seconds": 0.0, "bytes_per_token": 0.0}
         self.totals = Counter()
         self._tasks: list[asyncio.Task] = []
@@ -227,7 +228,7 @@ class Controller(RequestFlows, PoolResizing):
                             {s.id: s.busy_fraction() for s in self.slots.values()}, self.overload,
                             dict(self.actions), self.kv["bytes"], self.kv["count"], self.kv["seconds"],
                             self.totals["retries"], dict(tenants), self.totals["prompt_tokens"],
-                            self.totals["generation_tokens"])
+                            self.totals["generation_tokens"], self.size_gate_quantile)
 
     async def requests(self) -> list[dict]:
         """Live requests (where each is, on which workers, retries): for operators and tests."""
@@ -307,6 +308,7 @@ class Controller(RequestFlows, PoolResizing):
         states = tuple(t.state for t in self.tracked.values() if t.where is not Where.DONE)
         plan = self.scheduler.schedule(Snapshot(self._now(), states, workers))
         self.overload = plan.overload.value
+        self.size_gate_quantile = float(plan.stats.get("size_gate_quantile", 1.0))
         for a in plan.actions:
             self.actions[a.value] += 1
         for d in plan.decisions:

@@ -27,7 +27,8 @@ Series (``model_name`` on every ``vllm:`` series):
                  tandem_kv_handoffs_total, tandem_kv_handoff_seconds_total,
                  tandem_request_retries_total, tandem_worker_busy_fraction{worker,role},
                  tandem_worker_kv_usage_ratio{worker,role}, tandem_tenant_running{tenant},
-                 tandem_worker_healthy{worker,role}, tandem_worker_restarts_total{worker,role}
+                 tandem_worker_healthy{worker,role}, tandem_worker_restarts_total{worker,role},
+                 tandem_size_gate_quantile (1: open; lower: the costliest requests skip admission)
 
 Stage labels are the stage index, with every index from ``MAX_STAGE_LABEL`` on folded into
 ``"<MAX>+"`` to bound cardinality. Calls are serialised by one lock, so a scrape never sees a
@@ -146,6 +147,9 @@ class ServingMetrics:
             "tenants": ("tandem_tenant_running", "Running requests by tenant.", ["tenant"]),
             "healthy": ("tandem_worker_healthy", "1 if the worker is healthy.", wr),
         }
+        self._size_gate = Gauge("tandem_size_gate_quantile", "The scheduler's size gate quantile (1: open; "
+                                "lower: requests above that quantile of recent costs skip admission).",
+                                registry=r)
         self._gauges = {k: LabelledGauge(Gauge(n, h, labels, registry=r))
                         for k, (n, h, labels) in gauges.items()}
 
@@ -241,6 +245,7 @@ class ServingMetrics:
         g["worker_kv"].replace({(w, roles.get(w, "unknown")): f for w, f in s.kv_usage.items()})
         g["tenants"].replace({(t, ): n for t, n in s.tenants_running.items()})
         g["healthy"].replace({(w.worker_id, w.role): float(w.healthy) for w in s.workers})
+        self._size_gate.set(s.size_gate_quantile)
 
     # ── exposition ──────────────────────────────────────────────────────────────────────────
     def render(self) -> tuple[bytes, str]:

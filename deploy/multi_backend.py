@@ -206,4 +206,5 @@ def merge_stats(per: Mapping[Key, ClusterStats]) -> ClusterStats:
         retries=sum(s.retries for s in stats),
         tenants_running=_sum_counts([s.tenants_running for s in stats]),
         prompt_tokens=sum(s.prompt_tokens for s in stats),
-        generation_tokens=sum(s.generation_tokens for s in stats))
+        generation_tokens=sum(s.generation_tokens for s in stats),
+        size_gate_quantile=min((s.size_gate_quantile for s in stats), default=1.0))

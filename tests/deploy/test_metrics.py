@@ -168,9 +168,10 @@ def test_cluster_stats_fill_gauges_and_counters(metrics):
 
 def test_overload_state_gauge_marks_only_the_current_state(metrics):
     metrics.update_from_stats(stats(overload_state="degraded"))
-    metrics.update_from_stats(stats(overload_state="batch_paused"))
+    metrics.update_from_stats(stats(overload_state="batch_paused", size_gate_quantile=0.75))
     s = scrape(metrics)
     assert value(s, "tandem_overload_state", state="batch_paused") == 1
+    assert value(s, "tandem_size_gate_quantile") == 0.75
     assert value(s, "tandem_overload_state", state="degraded") == 0
     assert value(s, "tandem_overload_state", state="normal") == 0
 
