@@ -127,9 +127,9 @@ def _token_fill(queue: list[RequestState], budget: int, whole: bool) -> list[Chu
     return chunks
 
 
-def _memory_admits(queue: list[RequestState], resident: list[RequestState], capacity: int) -> list[RequestState]:
-    """Waiting requests that may start: started ones always, new ones while their reservation fits."""
-    held = sum(r.reserved_tokens for r in resident if _started(r))
+def _memory_admits(queue: list[RequestState], held: int, capacity: int) -> list[RequestState]:
+    """Waiting requests that may start: started ones always, new ones while their reservation
+    fits next to the `held` tokens (and those admitted before them here)."""
     out = []
     for r in queue:
         if not _started(r):
@@ -154,24 +154,6 @@ def _best_effort_order(waiting: list[RequestState], now_s: float, tau: float,
     if admitted_prefill:
         return on_time
     return on_time + sorted((r for r in waiting if r.ttft_deadline_s < soon), key=key)
-
-
-def _best_effort_fits(queue: list[RequestState], resident: list[RequestState],
-                      capacity: int) -> list[RequestState]:
-    """Best-effort prefill that may run: started ones always, a new one only while its
-    reservation fits next to every admitted reservation (started or not: the plan counted on
-    them) and the started best-effort work. Without this, best effort would overcommit KV
-    between plans (the plan's preemption only catches it afterwards)."""
-    held = sum(r.reserved_tokens for r in resident
-               if r.admission is Admission.ADMITTED or _started(r))
-    out = []
-    for r in queue:
-        if not _started(r):
-            if held + r.reserved_tokens > capacity:
-                continue
-            held += r.reserved_tokens
-        out.append(r)
-    return out
 
 
 def _ordered(waiting: list[RequestState], order: tuple[str, ...]) -> list[RequestState]:
@@ -211,14 +193,19 @@ def form_batch(now_s: float, resident: list[RequestState], directive: Directive,
                     cap -= cost
         be_wait = _best_effort_order([r for r in wait if r.admission is Admission.BEST_EFFORT], now_s,
                                      directive.batch_time_s, admitted_prefill=bool(adm_wait))
-        more, _ = _slo_fill(_best_effort_fits(be_wait, live, kv_capacity), cap, b)
+        # a new best-effort request starts only while its reservation fits next to every admitted
+        # reservation (started or not: the plan counted on them) and the started best effort;
+        # without this best effort overcommits KV between plans (preemption catches it only then)
+        held = sum(r.reserved_tokens for r in live if r.admission is Admission.ADMITTED or _started(r))
+        more, _ = _slo_fill(_memory_admits(be_wait, held, kv_capacity), cap, b)
         return _batch(directive.worker_id, chunks + more, decode, model)
     if mode is BatchMode.DECODE_ONLY:
         mandatory = [r for r in dec if r.admission is Admission.ADMITTED]
         optional = [r for r in dec if r.admission is Admission.BEST_EFFORT]
         return _batch(directive.worker_id, [], pack_decode(mandatory, optional, model,
                                                            directive.batch_time_s), model)
-    queue = _memory_admits(_ordered(wait, directive.order), live, kv_capacity)
+    queue = _memory_admits(_ordered(wait, directive.order), sum(r.reserved_tokens for r in live if _started(r)),
+                           kv_capacity)
     if mode is BatchMode.PREFILL_ONLY:
         return _batch(directive.worker_id, _token_fill(queue, directive.token_budget, False), [], model)
     if mode is BatchMode.PREFILL_FIRST:
