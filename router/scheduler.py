@@ -348,7 +348,10 @@ class SloScheduler(Scheduler):
                 targets, decoders, one = roles()
                 w = one or max(targets, key=lambda w: fr[w.id])
                 dw = (max(decoders, key=lambda x: fr[x.id]).id if decoders else w.id)
-                fr[w.id] -= r.reserved_tokens if one is None else 0
+                if one is None:                 # a choice was made: the next one sees this one
+                    fr[w.id] -= r.reserved_tokens
+                    if decoders:
+                        fr[dw] -= r.reserved_tokens
                 out.append(Decision(rid, BEST_EFFORT, lane, w.id, dw, r.max_tokens_cap,
                                     reason="size_gate" if rid in held_out else "no_slo_capacity"))
         return out

@@ -111,3 +111,21 @@ def test_vectorised_pair_choice_equals_the_per_worker_rule(exact_model, seed):
                              tpot=float(rng.choice([0.01, 0.02, 0.05, 0.1]))))
         lane = [Lane.INTERACTIVE, Lane.HEAVY][k % 2]
         assert pool.pick(r, lane) == _scalar_pick(pool, r, lane, model, 0.1)
+
+
+def test_best_effort_spreads_over_decode_workers_by_free_kv(exact_model):
+    """Requests no prefill worker can admit go best effort; each takes the decode worker with the
+    most free KV counting the ones placed before it in the same plan (not all the first one)."""
+    from router.config import SchedulerConfig
+    from router.plan import DecisionKind, WorkerRole
+    from router.scheduler import SloScheduler
+    from tests.router.helpers import pending, req, snap, worker
+
+    workers = (worker("p0", role=WorkerRole.PREFILL), worker("p1", role=WorkerRole.PREFILL),
+               worker("d0", role=WorkerRole.DECODE), worker("d1", role=WorkerRole.DECODE))
+    impossible = [req(f"r{i}", prompt=4000, out=20, ttft=0.001) for i in range(4)]   # no TTFT fits
+    plan = SloScheduler(exact_model, SchedulerConfig()).schedule(snap(0.0, pending(*impossible), workers))
+    best = [d for d in plan.decisions if d.kind is DecisionKind.BEST_EFFORT]
+    assert len(best) == 4
+    assert sorted(d.decode_worker for d in best) == ["d0", "d0", "d1", "d1"]
+    assert sorted(d.prefill_worker for d in best) == ["p0", "p0", "p1", "p1"]
