@@ -27,11 +27,22 @@ def engine_config(llama_dir):
 
 
 @pytest.fixture(scope="session")
-def reference(engine_config) -> list[tuple[int, ...]]:
-    """Greedy outputs of the single-process engine for ``make_prompts()``."""
+def engine(engine_config):
+    """The single-process engine the cluster's outputs are compared with."""
     from engine.engine import LLMEngine
+
+    return LLMEngine(engine_config)
+
+
+def generate(engine, prompts: list[list[int]], params: dict = PARAMS) -> list[tuple[int, ...]]:
+    """The engine's output token ids for ``prompts`` under ``params``."""
     from prefill_worker.messages import sampling_params_from_dict
 
-    engine = LLMEngine(engine_config)
-    outs = engine.generate(make_prompts(), sampling_params_from_dict(PARAMS), timeout_s=60)
+    outs = engine.generate(prompts, sampling_params_from_dict(params), timeout_s=60)
     return [tuple(o.output_token_ids) for o in outs]
+
+
+@pytest.fixture(scope="session")
+def reference(engine) -> list[tuple[int, ...]]:
+    """Greedy outputs of the single-process engine for ``make_prompts()``."""
+    return generate(engine, make_prompts())

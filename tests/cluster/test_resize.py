@@ -18,7 +18,7 @@ ray = pytest.importorskip("ray")
 
 from cluster.api import Admitted, ClusterError, ErrorKind, Finished, GenerateRequest, TokenChunk  # noqa: E402
 from cluster.builder import build_cluster  # noqa: E402
-from tests.cluster.conftest import PARAMS, make_prompts  # noqa: E402
+from tests.cluster.conftest import PARAMS, generate, make_prompts  # noqa: E402
 from tests.ray_cluster import local_ray, tiny_cluster_config  # noqa: E402
 
 DEADLINE = 120.0        # seconds: every test's requests and resizes end within this
@@ -35,22 +35,6 @@ def cluster(llama_dir):
             yield handle
         finally:
             handle.shutdown()
-
-
-@pytest.fixture(scope="module")
-def engine(llama_dir):
-    from engine.config import EngineConfig
-    from engine.engine import LLMEngine
-
-    return LLMEngine(EngineConfig(model=str(llama_dir), device="cpu", dtype="float32", kernels="torch",
-                                  num_blocks=256))
-
-
-def reference(engine, prompts, params):
-    from prefill_worker.messages import sampling_params_from_dict
-
-    outs = engine.generate(prompts, sampling_params_from_dict(params), timeout_s=60)
-    return [tuple(o.output_token_ids) for o in outs]
 
 
 def run(coro):
@@ -147,7 +131,7 @@ def test_shrinking_while_streams_run_loses_and_fails_nothing(cluster, engine):
     results, resized = run(main())
     assert (resized.before, resized.after, resized.added) == (2, 1, ())
     assert len(resized.removed) == 1 and resized.moved, resized        # it ran requests: they moved
-    for items, ref in zip(results, reference(engine, prompts, LONG)):
+    for items, ref in zip(results, generate(engine, prompts, LONG)):
         assert isinstance(items[-1], Finished), items[-1]
         assert tokens_of(items) == ref and items[-1].retries == 0
     gone, = resized.removed
@@ -176,7 +160,7 @@ def test_a_prefill_worker_drains_within_the_deadline_without_moving_anything(clu
 
     results, resized = run(main())
     assert (resized.before, resized.after, resized.moved) == (2, 1, ())
-    for items, ref in zip(results, reference(engine, prompts, LONG)):
+    for items, ref in zip(results, generate(engine, prompts, LONG)):
         assert isinstance(items[-1], Finished) and tokens_of(items) == ref and items[-1].retries == 0
     assert len(pool(cluster, "prefill")) == 1
     assert_no_kv_left(cluster)
