@@ -7,6 +7,12 @@ import os
 
 import pytest
 
+# The test process starts Ray clusters (it forks their GCS and raylet) and also runs gRPC servers
+# and clients; gRPC's fork support with the poll strategy keeps those forks safe (what Ray sets for
+# its own worker processes). Set before anything imports grpc.
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "1")
+os.environ.setdefault("GRPC_POLL_STRATEGY", "poll")
+
 try:
     import torch
 except ImportError:  # policy-only environments
