@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
+import time
 
 import pytest
 
@@ -46,3 +48,23 @@ def generate(engine, prompts: list[list[int]], params: dict = PARAMS) -> list[tu
 def reference(engine) -> list[tuple[int, ...]]:
     """Greedy outputs of the single-process engine for ``make_prompts()``."""
     return generate(engine, make_prompts())
+
+
+def assert_no_kv_left(handle, within_s: float = 15.0) -> None:
+    """Within ``within_s``: every worker passes its block-manager invariants and references no KV
+    (prefill workers sweep their expired offers first), and the controller tracks nothing."""
+    import ray
+
+    until, usage = time.monotonic() + within_s, {}
+    while True:
+        for name, worker in handle.workers.items():
+            if name.startswith("p"):
+                ray.get(worker.sweep.remote(), timeout=30)
+            ray.get(worker.check_invariants.remote(), timeout=30)
+            usage[name] = ray.get(worker.stats.remote(), timeout=30).kv_usage
+        if all(u == 0 for u in usage.values()) or time.monotonic() > until:
+            break
+        time.sleep(0.25)
+    assert all(u == 0 for u in usage.values()), usage
+    stats = asyncio.run(asyncio.wait_for(handle.stats(), 60))
+    assert stats.running == 0 and stats.waiting == 0, stats

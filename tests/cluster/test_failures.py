@@ -17,7 +17,7 @@ ray = pytest.importorskip("ray")
 
 from cluster.api import ErrorKind, Failed, Finished, GenerateRequest, TokenChunk  # noqa: E402
 from cluster.builder import build_cluster  # noqa: E402
-from tests.cluster.conftest import generate  # noqa: E402
+from tests.cluster.conftest import assert_no_kv_left, generate  # noqa: E402
 from tests.ray_cluster import local_ray, shm_segments, tiny_cluster_config  # noqa: E402
 
 DEADLINE = 120          # seconds: every test's requests end (Finished or Failed) within this
@@ -79,22 +79,6 @@ def wait_healthy(handle, restarted=(), timeout_s=60):
     raise AssertionError(f"workers not healthy again: {health}")
 
 
-def assert_no_leaks(handle):
-    until = time.monotonic() + 15
-    while True:
-        usage = {}
-        for name, worker in handle.workers.items():
-            ray.get(worker.sweep.remote(), timeout=30) if name.startswith("p") else None
-            ray.get(worker.check_invariants.remote(), timeout=30)
-            usage[name] = ray.get(worker.stats.remote(), timeout=30).kv_usage
-        if all(u == 0 for u in usage.values()) or time.monotonic() > until:
-            break
-        time.sleep(0.25)
-    assert all(u == 0 for u in usage.values()), usage
-    stats = asyncio.run(handle.stats())
-    assert stats.running == 0 and stats.waiting == 0, stats
-
-
 def check_outcomes(results, expected):
     finished = 0
     for items, ref in zip(results, expected):
@@ -128,7 +112,7 @@ def test_kill_decode_mid_stream(cluster, engine):
     assert done == len(reqs)                 # a survivor (d1) and re-prefill: nobody fails
     assert sum(i[-1].retries for i in results) >= 1
     wait_healthy(cluster, restarted=("d0",))
-    assert_no_leaks(cluster)
+    assert_no_kv_left(cluster)
 
 
 def test_kill_prefill_during_handoffs(cluster, engine):
@@ -146,7 +130,7 @@ def test_kill_prefill_during_handoffs(cluster, engine):
     assert time.monotonic() - begin < DEADLINE
     check_outcomes(results, generate(engine, ps, PARAMS))
     wait_healthy(cluster, restarted=("p0",))
-    assert_no_leaks(cluster)
+    assert_no_kv_left(cluster)
     deadline = time.monotonic() + 10
     while shm_segments() and time.monotonic() < deadline:
         time.sleep(0.25)
@@ -163,4 +147,4 @@ def test_dropped_transfer_is_prefilled_again(cluster, engine):
     results = asyncio.run(drive(cluster, [GenerateRequest("dt0", tuple(p[0]), PARAMS)]))
     assert check_outcomes(results, generate(engine, p, PARAMS)) == 1
     assert results[0][-1].retries == 1
-    assert_no_leaks(cluster)
+    assert_no_kv_left(cluster)

@@ -18,7 +18,7 @@ ray = pytest.importorskip("ray")
 
 from cluster.api import Admitted, ClusterError, ErrorKind, Finished, GenerateRequest, TokenChunk  # noqa: E402
 from cluster.builder import build_cluster  # noqa: E402
-from tests.cluster.conftest import PARAMS, generate, make_prompts  # noqa: E402
+from tests.cluster.conftest import PARAMS, assert_no_kv_left, generate, make_prompts  # noqa: E402
 from tests.ray_cluster import local_ray, tiny_cluster_config  # noqa: E402
 
 DEADLINE = 120.0        # seconds: every test's requests and resizes end within this
@@ -63,22 +63,6 @@ def free_cpus(want, timeout_s=30.0):
         if abs(free - want) < 1e-6 or time.monotonic() > until:
             return free
         time.sleep(0.2)
-
-
-def assert_no_kv_left(handle):
-    until, usage = time.monotonic() + 15, {}
-    while True:
-        for name, worker in handle.workers.items():
-            if name.startswith("p"):
-                ray.get(worker.sweep.remote(), timeout=30)
-            ray.get(worker.check_invariants.remote(), timeout=30)
-            usage[name] = ray.get(worker.stats.remote(), timeout=30).kv_usage
-        if all(u == 0 for u in usage.values()) or time.monotonic() > until:
-            break
-        time.sleep(0.25)
-    assert all(u == 0 for u in usage.values()), usage
-    stats = run(handle.stats())
-    assert stats.running == 0 and stats.waiting == 0, stats
 
 
 def test_a_grown_decode_pool_serves_on_the_new_worker(cluster, reference):
