@@ -43,6 +43,23 @@ def local_ray(prefix: str = "tray"):
 STARTUP_FAILURES = ("timed out during startup", "Timed out waiting for file")
 
 
+@contextlib.contextmanager
+def serve_app(config, prefix: str, timeout_s: float):
+    """``local_ray`` plus Ray Serve on 127.0.0.1:``config.http_port`` with the Tandem app of
+    ``config`` (a ``deploy.config.ServeConfig``) deployed; yields the config, shuts Serve down."""
+    from ray import serve
+
+    from deploy.app import deploy_app
+
+    with local_ray(prefix):
+        serve.start(http_options={"host": "127.0.0.1", "port": config.http_port})
+        try:
+            deploy_app(config, timeout_s=timeout_s)
+            yield config
+        finally:
+            serve.shutdown()
+
+
 def _init(ray, prefix: str, attempts: int = 3) -> str:
     """``ray.init`` in a fresh temp dir, again in another one if the node does not come up.
 

@@ -20,7 +20,7 @@ from cluster.config import ClusterConfig  # noqa: E402
 from deploy.config import ServeConfig  # noqa: E402
 from router.config import SchedulerConfig, TenantLimit  # noqa: E402
 from tests.deploy.test_openai_api import free_port  # noqa: E402
-from tests.ray_cluster import local_ray  # noqa: E402
+from tests.ray_cluster import serve_app  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::DeprecationWarning")]
 TIMEOUT = 120.0
@@ -32,10 +32,6 @@ def deployed():
 
     if not is_ready():
         pytest.skip("the default model is not fetched (tandem model fetch)")
-    from ray import serve
-
-    from deploy.app import deploy_app
-
     limited = TenantLimit(requests_per_s=0.2, request_burst=1)
     cluster = ClusterConfig(model=str(default_model_path()), device="cpu", num_blocks=1024, calibration_steps=32,
                             prefill_resources={"num_cpus": 0.5}, decode_resources={"num_cpus": 0.5},
@@ -43,13 +39,8 @@ def deployed():
                             scheduler=SchedulerConfig(tenants={"slow-tenant": limited}))
     config = ServeConfig(cluster=cluster, http_port=free_port(), grpc_port=free_port(),
                          api_keys={"key-a": "tenant-a", "key-slow": "slow-tenant"}, controller_name="tandem-e2e")
-    with local_ray("te2e"):
-        serve.start(http_options={"host": "127.0.0.1", "port": config.http_port})
-        try:
-            deploy_app(config, timeout_s=400)
-            yield config
-        finally:
-            serve.shutdown()
+    with serve_app(config, "te2e", timeout_s=400):
+        yield config
 
 
 def test_openai_client_completions_and_chat(deployed):

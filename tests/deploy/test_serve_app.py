@@ -12,7 +12,7 @@ httpx = pytest.importorskip("httpx")
 from client import TandemClient  # noqa: E402
 from deploy.config import ServeConfig  # noqa: E402
 from tests.deploy.test_openai_api import free_port  # noqa: E402
-from tests.ray_cluster import local_ray, tiny_cluster_config  # noqa: E402
+from tests.ray_cluster import serve_app, tiny_cluster_config  # noqa: E402
 
 TIMEOUT = 60.0
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -20,20 +20,11 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 @pytest.fixture(scope="module")
 def deployed(llama_dir):
-    from ray import serve
-
-    from deploy.app import deploy_app
-
     cluster = tiny_cluster_config(llama_dir, ready_timeout_s=120.0)
     config = ServeConfig(cluster=cluster, http_port=free_port(), grpc_port=free_port(),
                          api_keys={"key-s": "tenant-s"}, controller_name="tandem-serve-test")
-    with local_ray("tserve"):
-        serve.start(http_options={"host": "127.0.0.1", "port": config.http_port})
-        try:
-            deploy_app(config, timeout_s=240)
-            yield config
-        finally:
-            serve.shutdown()
+    with serve_app(config, "tserve", timeout_s=240):
+        yield config
 
 
 def test_completion_over_serve_http(deployed):
