@@ -215,6 +215,7 @@ class ResizeResult:
 class LaneStats:
     admitted: int = 0
     best_effort: int = 0
+    promoted: int = 0               # best effort admitted later (counted in best_effort too)
     rejected: int = 0
     completed: int = 0
     failed: int = 0

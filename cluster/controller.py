@@ -48,6 +48,7 @@ from router.baselines import DistServeScheduler, SarathiScheduler
 from router.perf_model import Calibrator, PerfModel
 from router.placement import WorkerLoad, affinity_ok, pick_prefill
 from router.plan import DecisionKind, Snapshot, WorkerRole, WorkerState
+from router.request import Admission
 from router.scheduler import SloScheduler
 
 log = logging.getLogger("tandem.controller")
@@ -160,7 +161,7 @@ class Controller(RequestFlows, PoolResizing):
         except ValueError as exc:
             yield Failed(rid, ErrorKind.INVALID, str(exc))
             return
-        t = self.tracked[rid] = Tracked(req, request, time.monotonic())
+        t = self.tracked[rid] = Tracked(req, request, time.monotonic(), self.t0)
         self.streams[rid] = queue
         self.pending.add(rid)
         self._plan_wake.set()
@@ -327,6 +328,11 @@ class Controller(RequestFlows, PoolResizing):
             self._affinity(t)
             self.totals["prompt_tokens"] += len(t.req.prompt_token_ids)
             self._enqueue(t)
+        for rid in plan.promote:
+            t = self.tracked.get(rid)
+            if t is not None and t.state.admission is Admission.BEST_EFFORT:
+                t.promoted()
+                self._lane(t.req.lane.value)["promoted"] += 1
         for rid in plan.preempt:
             t = self.tracked.get(rid)
             if t is not None and t.where is Where.DECODE:

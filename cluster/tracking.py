@@ -1,9 +1,11 @@
 """One live request as the controller follows it: tokens, stages, timings, the scheduler's view.
 
 No Ray and no asyncio here: the controller calls these methods as things happen and forwards
-the stream items they return. Times are the controller's ``time.monotonic()``::
+the stream items they return. Times are the controller's ``time.monotonic()``; the scheduler's
+view (``state``) counts from ``clock0`` instead (the controller's origin, what ``Snapshot.now_s``
+and ``request.arrival_s`` count from)::
 
-    t = Tracked(req, request, now)            # router Request built by the controller
+    t = Tracked(req, request, now, clock0)    # router Request built by the controller
     t.admitted(decision, now)  -> Admitted
     t.tokens([ids], text, now) -> TokenChunk  # the first call of a stage sets its TTFT
     t.stage_finished(reason, now) -> StageDone; then t.has_next_stage / t.begin_next_stage(now)
@@ -39,6 +41,7 @@ class Tracked:
     req: GenerateRequest
     request: Request
     arrival: float
+    clock0: float = 0.0                            # monotonic time of the scheduler clock's zero
     state: RequestState = field(init=False)
     tokens: list[int] = field(init=False)          # the whole conversation: prompt, outputs, appends
     where: Where = Where.PENDING
@@ -79,6 +82,12 @@ class Tracked:
         return Admitted(self.id, self.admission, d.prefill_worker or "", d.decode_worker or "",
                         d.max_tokens_cap, now - self.arrival)
 
+    def promoted(self) -> None:
+        """The scheduler admitted this best-effort request (Plan.promote): its SLO is guaranteed
+        from now on; nothing it runs changes."""
+        self.admission = "admitted"
+        self.state = replace(self.state, admission=Admission.ADMITTED)
+
     # ---- what a stage runs -------------------------------------------------------------------
     def stage_max_tokens(self) -> int:
         n = self.request.stages[self.stage].max_output_tokens
@@ -106,7 +115,8 @@ class Tracked:
         r = self.state
         if r.phase is not Phase.DECODING:     # the stage's first token, or the first after a re-prefill
             self.state = replace(r, phase=Phase.DECODING, prefilled=r.current.input_tokens,
-                                 decoded=self.stage_outputs, context_tokens=len(self.tokens))
+                                 decoded=self.stage_outputs, context_tokens=len(self.tokens),
+                                 first_token_s=self.first_token_at - self.clock0)
         else:
             self.state = replace(r, decoded=r.decoded + len(ids), context_tokens=len(self.tokens))
         return TokenChunk(self.id, self.stage, tuple(ids), text)
@@ -138,8 +148,9 @@ class Tracked:
         self.stage_arrival = now
         self.first_token_at = self.last_token_at = None
         self.stage_outputs = 0
-        self.state = replace(self.state, stage=self.stage, stage_arrival_s=now, phase=Phase.WAITING, prefilled=0,
-                             decoded=0, context_tokens=len(self.tokens))
+        self.state = replace(self.state, stage=self.stage, stage_arrival_s=now - self.clock0, phase=Phase.WAITING,
+                             prefilled=0,
+                             decoded=0, context_tokens=len(self.tokens), first_token_s=None)
         return list(self.tokens)
 
     def restart_prefill(self, failure: bool = True) -> None:

@@ -230,7 +230,7 @@ class ServingMetrics:
         cum["retries"].set(s.retries)
         lanes = {_label(lane): ls for lane, ls in s.lanes.items()}
         for lane, ls in lanes.items():
-            for decision in ("admitted", "best_effort", "rejected"):
+            for decision in ("admitted", "best_effort", "promoted", "rejected"):
                 cum["admission"].set(getattr(ls, decision), lane, decision)
         for action, count in s.fallback_actions.items():
             cum["fallback"].set(count, _label(action))

@@ -126,6 +126,7 @@ class SchedulerConfig(_Strict):
     safety_margin: float | None = Field(None, ge=0, lt=1)
     fairness: bool = True
     urgency_order: bool = False   # least-slack prefill order instead of EDF (weakens the guarantee)
+    promote_best_effort: bool = True   # best effort still on its SLO re-enters the DP (colocated)
 
     @model_validator(mode="after")
     def _lanes_complete(self) -> "SchedulerConfig":

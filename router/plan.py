@@ -122,7 +122,9 @@ class FallbackAction(str, Enum):
 class Plan:
     """One scheduling step's output. The caller applies decisions and preemptions, then hands each
     worker its directive. `at_risk` lists admitted requests the model can no longer fit (a model
-    error or a late stage); they are kept, never dropped."""
+    error or a late stage); they are kept, never dropped. `promote` lists best-effort requests that
+    are admitted from now on, on the workers they already use (their standing becomes ADMITTED;
+    nothing moves)."""
 
     now_s: float
     decisions: tuple[Decision, ...]
@@ -132,6 +134,7 @@ class Plan:
     actions: tuple[FallbackAction, ...] = ()
     at_risk: tuple[str, ...] = ()
     stats: dict = field(default_factory=dict, compare=False)
+    promote: tuple[str, ...] = ()
 
     def decision(self, request_id: str) -> Decision | None:
         for d in self.decisions:

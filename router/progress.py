@@ -37,7 +37,7 @@ def arrive_stage(r: RequestState, now_s: float) -> RequestState:
         raise ValueError(f"request {r.id} is {r.phase.value}, not waiting for a tool")
     nxt = r.stage + 1
     phase = Phase.WAITING if r.request.stages[nxt].input_tokens > 0 else Phase.DECODING
-    return replace(r, stage=nxt, stage_arrival_s=now_s, phase=phase, prefilled=0, decoded=0)
+    return replace(r, stage=nxt, stage_arrival_s=now_s, phase=phase, prefilled=0, decoded=0, first_token_s=None)
 
 
 def preempt(r: RequestState) -> RequestState:
@@ -74,7 +74,8 @@ def apply_batch(states: dict[str, RequestState], batch: Batch, end_s: float,
         r = out[c.request_id]
         r = replace(r, prefilled=r.prefilled + c.tokens, context_tokens=r.context_tokens + c.tokens)
         if r.prefilled >= r.current.input_tokens:
-            r = replace(r, phase=Phase.DECODING, decoded=1)
+            r = replace(r, phase=Phase.DECODING, decoded=1,
+                        first_token_s=end_s if r.first_token_s is None else r.first_token_s)
             events.append(Event(r.id, EventKind.FIRST_TOKEN, r.stage, end_s))
             if r.decoded >= r.max_output(r.stage) or r.id in stop:
                 r = _finish_stage(r, end_s, events)
@@ -82,7 +83,8 @@ def apply_batch(states: dict[str, RequestState], batch: Batch, end_s: float,
     for rid in batch.decode:
         r = out[rid]
         first = r.decoded == 0
-        r = replace(r, phase=Phase.DECODING, decoded=r.decoded + 1, context_tokens=r.context_tokens + 1)
+        r = replace(r, phase=Phase.DECODING, decoded=r.decoded + 1, context_tokens=r.context_tokens + 1,
+                    first_token_s=end_s if r.first_token_s is None else r.first_token_s)
         events.append(Event(r.id, EventKind.FIRST_TOKEN if first else EventKind.TOKEN, r.stage, end_s))
         if r.decoded >= r.max_output(r.stage) or r.id in stop:
             r = _finish_stage(r, end_s, events)

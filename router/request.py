@@ -118,7 +118,9 @@ class RequestState:
     `prefilled` counts input tokens of the current stage already in the KV cache; `decoded` counts
     tokens emitted in the current stage (the first token is emitted by the last prefill chunk).
     `context_tokens` is everything in the KV cache. `max_tokens_cap` is a fallback-action cap on
-    every stage's output (None: uncapped).
+    every stage's output (None: uncapped). `first_token_s`: when the current stage emitted its first
+    token (None before it and at the next stage; kept across a preemption, since the tokens
+    already streamed stay streamed and the stage's TPOT counts from it).
     """
 
     request: Request
@@ -132,6 +134,7 @@ class RequestState:
     prefill_worker: str | None = None
     decode_worker: str | None = None
     max_tokens_cap: int | None = None
+    first_token_s: float | None = None
 
     @property
     def id(self) -> str:

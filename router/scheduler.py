@@ -14,6 +14,12 @@ The SLO scheduler's step:
      planner (disagg.plan_pools) when the snapshot has prefill and decode workers;
   4. everything admissible but not admitted goes best effort; best effort that no longer fits next
      to the admitted reservations is preempted.
+
+Promotion (colocated workers): a best-effort request whose current stage met its TTFT and whose
+tokens so far keep its mean TPOT within the SLO (`promotable`) enters the worker's DP again as a
+candidate with no prefill left: if the DP admits it, the plan promotes it (Plan.promote) and its
+remaining tokens and stages are guaranteed like any admitted request's. Finishing a request that
+is already prefilled costs one decode token per batch, far less than admitting a new one.
 """
 
 from __future__ import annotations
@@ -77,6 +83,24 @@ class _Pending:
         return _Pending(states, reqs, np.fromiter((s.input_tokens for s in first), float, n),
                         np.fromiter((q.arrival_s for q in reqs), float, n),
                         np.fromiter((s.slo.ttft_s for s in first), float, n))
+
+
+def promotable(r: RequestState, start_s: float) -> bool:
+    """A best-effort request the DP may still admit with its SLO intact: its first stage, with no
+    later stage that appends a prompt (a later prefill is reserved as a rate over every batch
+    until it arrives, too costly to hold for a request that is already running), and either
+    waiting for prefill before its TTFT deadline, or decoding after a first token on time with no
+    token behind the TPOT pace. `start_s`: when the worker's next batch starts (after the one in
+    progress, which may leave this request out); the next token then comes within τ ≤ TPOT of it,
+    and every later one within τ of the one before."""
+    if r.admission is not Admission.BEST_EFFORT or r.stage > 0 or any(s.input_tokens for s in r.future_stages):
+        return False
+    if r.phase is Phase.WAITING:
+        return r.ttft_deadline_s > start_s
+    if r.phase is not Phase.DECODING or r.first_token_s is None or r.remaining_decode <= 0:
+        return False
+    return (r.first_token_s <= r.ttft_deadline_s
+            and start_s - r.first_token_s <= max(0, r.decoded - 1) * r.current.slo.tpot_s)
 
 
 class SloScheduler(Scheduler):
@@ -207,6 +231,17 @@ class SloScheduler(Scheduler):
         self.size_gate.observe([r.request for r, _ in gated if r.id not in deferred])
         self.size_gate.update(now, turned_away)
 
+    def _promotable(self, resident: list[RequestState], start: float) -> list[RequestState]:
+        """The worker's best effort that may be promoted; while the size gate is closed, waiting
+        ones above its threshold stay out (as they did when they arrived)."""
+        out = [r for r in resident if r.admission is Admission.BEST_EFFORT and promotable(r, start)]
+        limit = self.size_gate.threshold()
+        wait = [r for r in out if r.phase is Phase.WAITING]
+        if limit == math.inf or not wait:
+            return out
+        over = {r.id for r, c in zip(wait, self.size_gate.costs([r.request for r in wait]).tolist()) if c > limit}
+        return [r for r in out if r.id not in over]
+
     # ---- 3. colocated admission ----------------------------------------------------------
     def _taus(self, w: WorkerState, forced: list[RequestState], tiers: set[float]) -> list[float]:
         """Candidate batch times: the TPOT tiers no looser than the tightest admitted one."""
@@ -224,32 +259,42 @@ class SloScheduler(Scheduler):
         cands = candidates([r for r, _ in gated], [lane is Lane.INTERACTIVE for _, lane in gated], values)
         admitted: dict[str, tuple[str, str]] = {}
         deferred: set[str] = set()
-        directives, at_risk = [], []
+        directives, at_risk, promoted = [], [], []
+        now = snap.now_s
+        lanes = cfg.lanes
         pool = np.arange(len(gated))
         tiers = set(np.unique(cands.tpot).tolist())
         used = {w.id: sum(r.reserved_tokens for r in by_worker[w.id] if r.admission is Admission.ADMITTED)
                 for w in workers}
         for w in sorted(workers, key=lambda w: used[w.id] / w.kv_capacity_tokens):
             forced = [r for r in by_worker[w.id] if r.admission is Admission.ADMITTED]
-            taus = self._taus(w, forced, tiers)
+            promo = self._promotable(by_worker[w.id], max(now, w.busy_until_s)) if cfg.promote_best_effort else []
+            taus = self._taus(w, forced, tiers | {r.tightest_remaining_tpot_s for r in promo})
             tau = min(taus)
-            if forced or pool.size:
+            if forced or pool.size or promo:
                 rows = [row_for(r, True, True, True, 0, math.inf, 0.0) for r in forced]
+                rows += [row_for(r, False, True, True, r.reserved_tokens,
+                                 memory_limit(r.request.lane, w.kv_capacity_tokens, cfg.interactive_kv_reserve),
+                                 lanes[r.request.lane].value) for r in promo]
                 items = merge(rows, cands, pool, w.kv_capacity_tokens,
                               memory_limit(Lane.HEAVY, w.kv_capacity_tokens, cfg.interactive_kv_reserve))
                 res = plan_worker(items, self.model, max(snap.now_s, w.busy_until_s), used[w.id],
                                   taus, cfg.dp_window, cfg.dp_labels, cfg.greedy_rounds, cfg.horizon_s)
                 tau = res.tau_s
+                ids = {r.id for r in promo}
                 for rid in res.admitted:
-                    admitted[rid] = (w.id, w.id)
+                    if rid in ids:
+                        promoted.append(rid)
+                    else:
+                        admitted[rid] = (w.id, w.id)
                 deferred |= set(res.deferred)
                 at_risk += list(res.at_risk)
                 if res.admitted or res.deferred:
-                    taken = set(res.admitted) | set(res.deferred)
+                    taken = (set(res.admitted) | set(res.deferred)) - ids
                     pool = pool[np.fromiter((cands.ids[i] not in taken for i in pool.tolist()), bool, pool.size)]
             self._tau[w.id] = tau
             directives.append(Directive(w.id, BatchMode.SLO, tau, 0, urgency=cfg.urgency_order))
-        return admitted, deferred, directives, at_risk
+        return admitted, deferred, directives, at_risk, promoted
 
     # ---- the step ------------------------------------------------------------------------
     def schedule(self, snapshot: Snapshot) -> Plan:
@@ -290,13 +335,14 @@ class SloScheduler(Scheduler):
             res = plan_pools(snap, workers, candidates, dict(zip((r.id for r, _ in candidates), values)),
                              self.model, cfg, self._tau, self.transfer_s, self._directives)
             admitted, deferred, directives, at_risk = res.admitted, res.deferred, res.directives, res.at_risk
+            promoted = []
         else:
-            admitted, deferred, directives, at_risk = self._admit_colocated(snap, workers, by_worker, candidates,
-                                                                            values)
+            admitted, deferred, directives, at_risk, promoted = self._admit_colocated(snap, workers, by_worker,
+                                                                                      candidates, values)
         self._size_gate_update(snap.now_s, gated, candidates, admitted, deferred)
         held_out = {r.id for r, _ in gated} - {r.id for r, _ in candidates} if len(candidates) < len(gated) else ()
         decisions += self._decide(workers, by_worker, gated, admitted, deferred, held_out)
-        preempt = self._preempt(workers, by_worker, gated, admitted) if best else []   # best effort only
+        preempt = self._preempt(workers, by_worker, gated, admitted, set(promoted)) if best else []
         if FallbackAction.PAUSE_BACKGROUND in self.overload.actions:
             preempt += [r.id for r in best if r.request.lane is Lane.BACKGROUND and r.id not in preempt
                         and (r.context_tokens > 0 or r.phase is not Phase.WAITING)]
@@ -304,7 +350,7 @@ class SloScheduler(Scheduler):
             self._rate_passed &= {r.id for r in pending}
         stats = {"pending": len(pending), "admitted": len(admitted), "size_gate_quantile": self.size_gate.q}
         return Plan(snap.now_s, tuple(decisions), tuple(directives), tuple(preempt), self.overload.state,
-                    self.overload.actions, tuple(at_risk), stats)
+                    self.overload.actions, tuple(at_risk), stats, tuple(promoted))
 
     # ---- 4. best effort and preemption ---------------------------------------------------
     def _decide(self, workers, by_worker, gated, admitted, deferred, held_out=()) -> list[Decision]:
@@ -356,13 +402,14 @@ class SloScheduler(Scheduler):
                                     reason="size_gate" if rid in held_out else "no_slo_capacity"))
         return out
 
-    def _preempt(self, workers, by_worker, gated, admitted) -> list[str]:
-        """Best-effort work that no longer fits next to the admitted reservations, latest first.
-        Only workers holding started best-effort work can have anything to preempt."""
+    def _preempt(self, workers, by_worker, gated, admitted, promoted=frozenset()) -> list[str]:
+        """Best-effort work that no longer fits next to the admitted reservations (`promoted`
+        ones count as admitted), latest first. Only workers holding started best-effort work can
+        have anything to preempt."""
         out = []
         started = {}
         for w in workers:
-            be = [r for r in by_worker[w.id] if r.admission is Admission.BEST_EFFORT
+            be = [r for r in by_worker[w.id] if r.admission is Admission.BEST_EFFORT and r.id not in promoted
                   and (r.context_tokens > 0 or r.phase is not Phase.WAITING)]
             if be:
                 started[w.id] = be
@@ -377,7 +424,8 @@ class SloScheduler(Scheduler):
             be = started.get(w.id)
             if be is None:
                 continue
-            adm = sum(r.reserved_tokens for r in by_worker[w.id] if r.admission is Admission.ADMITTED)
+            adm = sum(r.reserved_tokens for r in by_worker[w.id]
+                      if r.admission is Admission.ADMITTED or r.id in promoted)
             adm += new.get(w.id, 0)
             be.sort(key=lambda r: (r.request.arrival_s, r.id))
             held = adm + sum(r.reserved_tokens for r in be)

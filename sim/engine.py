@@ -223,6 +223,12 @@ class Engine:
             rec.stage_arrival[0] = r.request.arrival_s
             self.resident[d.prefill_worker].add(rid)
             touched.add(d.prefill_worker)
+        for rid in plan.promote:
+            r = self.states.get(rid)
+            if r is not None and r.admission is Admission.BEST_EFFORT:
+                self.states[rid] = replace(r, admission=Admission.ADMITTED)
+                self.records[rid].promoted = True
+                touched.add(self._where(r))          # its batches change: decode is now mandatory
         for rid in plan.preempt:
             r = self.states.get(rid)
             if r is None:
@@ -308,7 +314,8 @@ class Engine:
             t_first, t_last = s.ends[0], s.ends[bulk - 1]
             for rid in batch.decode:
                 r = self.states[rid]
-                self.states[rid] = replace(r, decoded=r.decoded + bulk, context_tokens=r.context_tokens + bulk)
+                self.states[rid] = replace(r, decoded=r.decoded + bulk, context_tokens=r.context_tokens + bulk,
+                                           first_token_s=t_first if r.first_token_s is None else r.first_token_s)
                 self.records[rid].tokens(r.stage, t_first, t_last, bulk)
         if bulk < k:
             end = s.ends[k - 1]

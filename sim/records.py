@@ -32,6 +32,7 @@ class RequestRecord:
     lane: Lane | None = None
     outcome: Outcome = Outcome.UNFINISHED
     preempted: int = 0
+    promoted: bool = False          # best effort admitted later (Plan.promote)
     stage_arrival: dict[int, float] = field(default_factory=dict)
     first: dict[int, float] = field(default_factory=dict)
     last: dict[int, float] = field(default_factory=dict)

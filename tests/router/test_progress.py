@@ -49,3 +49,22 @@ def test_arrive_stage_and_preempt_refuse_wrong_states():
                       admission=Admission.BEST_EFFORT)
     p = preempt(be)
     assert (p.phase, p.prefilled, p.context_tokens) == (Phase.WAITING, 0, 0)
+
+
+def test_first_token_time_is_kept_for_the_stage_even_across_a_preemption_and_cleared_by_the_next():
+    s = {"r": RequestState(_chain(0.5), admission=Admission.BEST_EFFORT)}
+    s, _ = apply_batch(s, _batch([Chunk("r", 10, 0)]), 1.0)
+    assert s["r"].first_token_s == 1.0
+    s["r"] = preempt(s["r"])
+    s, _ = apply_batch(s, _batch([Chunk("r", 10, 0)]), 1.5)         # re-prefilled: the TPOT still counts from 1.0
+    assert s["r"].first_token_s == 1.0 and s["r"].decoded == 1
+    s, _ = apply_batch(s, _batch(decode=["r"]), 2.0)
+    r = arrive_stage(s["r"], 2.5)
+    assert s["r"].phase is Phase.TOOL_WAIT and r.first_token_s is None
+    think = Request("k", "t", Lane.INTERACTIVE, 0.0, (Stage(10, 1, SLO(1, 1)), Stage(0, 3, SLO(1, 1), tool_delay_s=0.5)))
+    s = {"k": RequestState(think)}
+    s, _ = apply_batch(s, _batch([Chunk("k", 10, 0)]), 1.0)
+    s["k"] = arrive_stage(s["k"], 1.5)
+    assert s["k"].phase is Phase.DECODING and s["k"].first_token_s is None   # no prompt: decodes at once
+    s, ev = apply_batch(s, _batch(decode=["k"]), 1.6)
+    assert ev[0].kind is EventKind.FIRST_TOKEN and s["k"].first_token_s == 1.6

@@ -12,3 +12,12 @@ def test_disaggregated_chatbot_at_the_trace_rate_is_admitted_not_best_effort(con
     s = simulate(spec).summary
     assert s.requests > 150
     assert s.admitted >= 0.95 * s.requests and s.attainment >= 0.95
+
+
+def test_promoted_best_effort_requests_all_meet_their_slo(conv_trace):
+    """Past capacity some best effort is promoted (Plan.promote); the guarantee then holds for it."""
+    spec = RunSpec(Workload(conv_trace, rate=40.0, duration_s=20), "chatbot", "slo", ClusterSpec(colocated=1))
+    recs = simulate(spec).engine.records
+    promoted = [r for r in recs if r.promoted]
+    assert len(promoted) >= 10 and all(r.met_slo() for r in promoted)
+    assert any(not r.met_slo() for r in recs)                   # it was past capacity
