@@ -127,6 +127,10 @@ class SchedulerConfig(_Strict):
     fairness: bool = True
     urgency_order: bool = False   # least-slack prefill order instead of EDF (weakens the guarantee)
     promote_best_effort: bool = True   # best effort still on its SLO re-enters the DP (colocated)
+    # share of a later stage's worst-case prefill rate reserved from admission on (router.dp): 1
+    # guarantees every stage even if all later stages arrive at once; less admits more multi-stage
+    # requests, whose later stages then go first (EDF, admitted) but without that guarantee
+    later_stage_reserve: float = Field(1.0, ge=0, le=1)
 
     @model_validator(mode="after")
     def _lanes_complete(self) -> "SchedulerConfig":

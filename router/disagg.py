@@ -217,7 +217,8 @@ def plan_pools(snap: Snapshot, workers: list[WorkerState], gated: list[tuple[Req
         if rows:
             used = sum(r.reserved_tokens for r in f)
             res = plan_worker(to_items(rows), model, max(snap.now_s, w.busy_until_s), used, ladder,
-                              cfg.dp_window, cfg.dp_labels, cfg.greedy_rounds, cfg.horizon_s)
+                              cfg.dp_window, cfg.dp_labels, cfg.greedy_rounds, cfg.horizon_s,
+                              cfg.later_stage_reserve)
             tau_p = res.tau_s
             admitted_p.update({rid: w.id for rid in res.admitted})
             deferred |= set(res.deferred)

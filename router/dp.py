@@ -101,7 +101,8 @@ class _Run:
     ok: np.ndarray          # row allowed in this run (tier and individual feasibility)
 
 
-def _prepare(items: DpItems, model: PerfModel, taus: list[float], start: float) -> list[_Run]:
+def _prepare(items: DpItems, model: PerfModel, taus: list[float], start: float,
+             reserve: float = 1.0) -> list[_Run]:
     """One run per batch time in `taus`, all computed at once: row k of each (taus × rows)
     array is exactly what the same elementwise formulas give for taus[k] alone."""
     bs = [model.budget(tau) for tau in taus]
@@ -119,7 +120,7 @@ def _prepare(items: DpItems, model: PerfModel, taus: list[float], start: float) 
         need = ft + per_pair[:, :, None] * items.future_pairs + per_chunk[:, :, None]
         with np.errstate(divide="ignore", invalid="ignore"):
             rate = np.where(ft > 0, np.where(slots >= 1, need / slots, np.inf), 0.0)
-        w = dec + rate.sum(axis=2)          # additive: see the module docstring
+        w = dec + reserve * rate.sum(axis=2)          # additive: see the module docstring
     else:
         w = dec
     ok = ((items.tpot >= tau - EPS) & ((p == 0) | (n >= 1)) & np.isfinite(w)) | items.forced
@@ -220,12 +221,14 @@ def _greedy(run: _Run, items: DpItems, rows: np.ndarray, state: tuple, rounds: i
 
 def plan_worker(items: DpItems, model: PerfModel, start_s: float, mem_used: float,
                 taus: list[float], window: int = 24, labels: int = 8, rounds: int = 64,
-                horizon_s: float = math.inf) -> DpResult:
+                horizon_s: float = math.inf, later_stage_reserve: float = 1.0) -> DpResult:
     """Choose which candidate rows this worker admits (see the module docstring).
 
     Contract: forced rows are always kept. If the result's at_risk is empty and the model is
     exact, EDF prefill with B − Σ_decoding w_i tokens per batch and batches of at most τ meets
     every admitted TTFT and TPOT, with no further arrivals. `taus` must be non-empty.
+    `later_stage_reserve` < 1 reserves only that share of each later stage's prefill rate r_k:
+    the contract then holds for later stages only while few of them arrive at once.
     """
     if not taus:
         raise ValueError("plan_worker needs at least one batch time")
@@ -239,7 +242,7 @@ def plan_worker(items: DpItems, model: PerfModel, start_s: float, mem_used: floa
     head = order[in_head].tolist()
     tail = order[~in_head]
     best = None
-    for run in _prepare(items, model, sorted(set(taus)), start_s):
+    for run in _prepare(items, model, sorted(set(taus)), start_s, later_stage_reserve):
         lab = _dp(run, items, head, mem_used, labels)
         key = (lab[3] >= lab[2] - EPS, lab[0], lab[3] - lab[2])   # keep the admitted on track first
         if best is None or key > best[0]:

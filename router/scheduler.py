@@ -279,7 +279,8 @@ class SloScheduler(Scheduler):
                 items = merge(rows, cands, pool, w.kv_capacity_tokens,
                               memory_limit(Lane.HEAVY, w.kv_capacity_tokens, cfg.interactive_kv_reserve))
                 res = plan_worker(items, self.model, max(snap.now_s, w.busy_until_s), used[w.id],
-                                  taus, cfg.dp_window, cfg.dp_labels, cfg.greedy_rounds, cfg.horizon_s)
+                                  taus, cfg.dp_window, cfg.dp_labels, cfg.greedy_rounds, cfg.horizon_s,
+                                  cfg.later_stage_reserve)
                 tau = res.tau_s
                 ids = {r.id for r in promo}
                 for rid in res.admitted:

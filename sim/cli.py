@@ -7,7 +7,9 @@
 
 Extra (optional) flags: --arrival-cv (gamma arrivals for lengths-only files; 1 = Poisson),
 --ttft-slowdown / --tpot-ms (override the scenario's SLOs), --gpu-hour-usd (default: h100 2.50,
-a100 1.50), --plan-interval-ms (how often the scheduler may re-plan; default 20).
+a100 1.50), --plan-interval-ms (how often the scheduler may re-plan; default 20),
+--scheduler-config FILE (JSON or YAML of router.config.SchedulerConfig for the slo policy, e.g.
+`{"later_stage_reserve": 0.5}`; default: its defaults).
 
 Wiring: `sim.cli.add_parser(subparsers)` adds the `sim` subcommand; `sim.cli.run(args)` runs it
 and returns the exit status (0 ok, 2 bad input, with a one-line `error: ...` on stderr).
@@ -60,6 +62,23 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tpot-ms", type=float, default=None)
     p.add_argument("--gpu-hour-usd", type=float, default=None)
     p.add_argument("--plan-interval-ms", type=float, default=20.0)
+    p.add_argument("--scheduler-config", default=None, help="JSON or YAML file of SchedulerConfig (slo policy)")
+
+
+def _scheduler_config(path: str | None):
+    if path is None:
+        return None
+    import yaml
+
+    from router.config import SchedulerConfig
+    try:
+        text = Path(path).read_text()
+        data = yaml.safe_load(text) if path.endswith((".yaml", ".yml")) else json.loads(text)
+        return SchedulerConfig.model_validate(data or {})
+    except OSError as e:
+        raise SimInputError(f"--scheduler-config: cannot read {path}: {e.strerror}") from None
+    except (ValueError, yaml.YAMLError) as e:          # bad JSON / YAML, or pydantic's ValidationError
+        raise SimInputError(f"--scheduler-config {path}: {e}") from None
 
 
 def spec_from_args(args: argparse.Namespace) -> RunSpec:
@@ -70,10 +89,14 @@ def spec_from_args(args: argparse.Namespace) -> RunSpec:
     if args.plan_interval_ms < 0:
         raise SimInputError("--plan-interval-ms must be >= 0")
     slo = SloOverride(args.ttft_slowdown, None if args.tpot_ms is None else args.tpot_ms / 1e3)
+    sched = _scheduler_config(getattr(args, "scheduler_config", None))
+    if sched is not None and args.policy != "slo":
+        raise SimInputError(f"--scheduler-config applies to --policy slo only, not {args.policy}")
     return RunSpec(Workload(args.trace, args.format, args.rate, args.duration, args.arrival_cv, args.seed),
                    args.scenario, args.policy,
                    ClusterSpec(args.prefill, args.decode, args.colocated, args.hardware, args.model),
-                   slo, args.gpu_hour_usd, EngineConfig(plan_interval_s=args.plan_interval_ms / 1e3))
+                   slo, args.gpu_hour_usd, EngineConfig(plan_interval_s=args.plan_interval_ms / 1e3),
+                   scheduler=sched)
 
 
 def run(args: argparse.Namespace) -> int:

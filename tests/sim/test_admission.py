@@ -21,3 +21,16 @@ def test_promoted_best_effort_requests_all_meet_their_slo(conv_trace):
     promoted = [r for r in recs if r.promoted]
     assert len(promoted) >= 10 and all(r.met_slo() for r in promoted)
     assert any(not r.met_slo() for r in recs)                   # it was past capacity
+
+
+def test_a_smaller_later_stage_reserve_admits_more_tool_calls(conv_trace):
+    """Each admitted tool call holds its later prefill's worst-case rate; reserving half of it
+    admits more of them past capacity (the later stages still go first, without the guarantee)."""
+    from router.config import SchedulerConfig
+
+    def admitted(reserve: float) -> int:
+        spec = RunSpec(Workload(conv_trace, rate=30.0, duration_s=15), "tool_calling", "slo",
+                       ClusterSpec(colocated=1), scheduler=SchedulerConfig(later_stage_reserve=reserve))
+        return simulate(spec).summary.admitted
+
+    assert admitted(0.5) > admitted(1.0)

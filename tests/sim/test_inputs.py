@@ -100,3 +100,21 @@ def test_duration_with_no_arrivals(tmp_path, conv_trace, capsys):
     assert _cli(tmp_path, "--trace", conv_trace, "--scenario", "chatbot", "--policy", "slo",
                 "--colocated", "1", "--duration", "-1") == 2
     assert "no request" in capsys.readouterr().err
+
+
+def test_bad_scheduler_config_from_the_cli(tmp_path, conv_trace, capsys):
+    base = ("--trace", conv_trace, "--scenario", "chatbot", "--colocated", "1", "--duration", "5")
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"later_stage_reserve": 2}')
+    assert _cli(tmp_path, *base, "--policy", "slo", "--scheduler-config", str(bad)) == 2
+    assert "later_stage_reserve" in capsys.readouterr().err
+    bad.write_text("{not json")
+    assert _cli(tmp_path, *base, "--policy", "slo", "--scheduler-config", str(bad)) == 2
+    assert "--scheduler-config" in capsys.readouterr().err
+    assert _cli(tmp_path, *base, "--policy", "slo", "--scheduler-config", str(tmp_path / "none.yaml")) == 2
+    assert "cannot read" in capsys.readouterr().err
+    good = tmp_path / "good.yaml"
+    good.write_text("later_stage_reserve: 0.5\n")
+    assert _cli(tmp_path, *base, "--policy", "fcfs", "--scheduler-config", str(good)) == 2
+    assert "--policy slo only" in capsys.readouterr().err
+    assert _cli(tmp_path, *base, "--policy", "slo", "--scheduler-config", str(good)) == 0
