@@ -15,11 +15,12 @@ The SLO scheduler's step:
   4. everything admissible but not admitted goes best effort; best effort that no longer fits next
      to the admitted reservations is preempted.
 
-Promotion (colocated workers): a best-effort request whose current stage met its TTFT and whose
-tokens so far keep its mean TPOT within the SLO (`promotable`) enters the worker's DP again as a
-candidate with no prefill left: if the DP admits it, the plan promotes it (Plan.promote) and its
-remaining tokens and stages are guaranteed like any admitted request's. Finishing a request that
-is already prefilled costs one decode token per batch, far less than admitting a new one.
+Promotion (colocated workers): best effort that can still meet its SLO (`promotable`: still
+before its TTFT deadline, or decoding after an on-time first token and on the TPOT pace) enters
+the worker's DP again next to the new requests; the ones the DP fits are promoted (Plan.promote)
+and from then on guaranteed like any admitted request. Finishing a request that is already
+prefilled costs one decode token per batch, far less than admitting a new one; without this, the
+decode of best effort that met its TTFT starves behind admitted prefill and misses its TPOT.
 """
 
 from __future__ import annotations
@@ -349,7 +350,8 @@ class SloScheduler(Scheduler):
                         and (r.context_tokens > 0 or r.phase is not Phase.WAITING)]
         if len(self._rate_passed) > 4 * len(pending) + 1024:
             self._rate_passed &= {r.id for r in pending}
-        stats = {"pending": len(pending), "admitted": len(admitted), "size_gate_quantile": self.size_gate.q}
+        stats = {"pending": len(pending), "admitted": len(admitted), "promoted": len(promoted),
+                 "size_gate_quantile": self.size_gate.q}
         return Plan(snap.now_s, tuple(decisions), tuple(directives), tuple(preempt), self.overload.state,
                     self.overload.actions, tuple(at_risk), stats, tuple(promoted))
 
