@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from router.request import Lane
 
@@ -131,6 +131,18 @@ class SchedulerConfig(_Strict):
     # guarantees every stage even if all later stages arrive at once; less admits more multi-stage
     # requests, whose later stages then go first (EDF, admitted) but without that guarantee
     later_stage_reserve: float = Field(1.0, ge=0, le=1)
+    # colocated batch times: besides each TPOT tier τ, the DP also tries τ·f for these fractions
+    # (not below min_batch_time_s); shorter batches cost more per token but give a request more
+    # whole batches before its TTFT deadline, and the DP keeps the τ that admits the most value
+    batch_time_fractions: tuple[float, ...] = (0.5, 0.25)
+    min_batch_time_s: float = Field(0.02, gt=0)
+
+    @field_validator("batch_time_fractions")
+    @classmethod
+    def _fractions(cls, v: tuple[float, ...]) -> tuple[float, ...]:
+        if any(not 0 < f < 1 for f in v):
+            raise ValueError(f"batch_time_fractions must lie in (0, 1), got {list(v)}")
+        return v
 
     @model_validator(mode="after")
     def _lanes_complete(self) -> "SchedulerConfig":

@@ -1,7 +1,8 @@
 """SLOs-Serve admission for one worker: a DP over deadline-ordered requests, then a cheap tail.
 
-The batch model. Every batch takes at most τ seconds (τ = the tightest TPOT admitted, so every
-decoding request meets its TPOT in every batch). `PerfModel.budget(τ)` turns τ into B
+The batch model. Every batch takes at most τ seconds (τ ≤ the tightest TPOT admitted, so every
+decoding request meets its TPOT in every batch; the caller offers the TPOT tiers and fractions of
+them: a shorter τ costs more per token but gives a request more whole batches before its TTFT). `PerfModel.budget(τ)` turns τ into B
 token-equivalents per batch; an admitted request costs, in every batch of the window,
 w_i = its decode token at its largest context plus, for each later stage k, the rate
 r_k = need_k / slots_k that stage's prefill will need (slots_k = ⌊ttft_k/τ⌋ − 1 whole batches after
@@ -221,7 +222,8 @@ def _greedy(run: _Run, items: DpItems, rows: np.ndarray, state: tuple, rounds: i
 
 def plan_worker(items: DpItems, model: PerfModel, start_s: float, mem_used: float,
                 taus: list[float], window: int = 24, labels: int = 8, rounds: int = 64,
-                horizon_s: float = math.inf, later_stage_reserve: float = 1.0) -> DpResult:
+                horizon_s: float = math.inf, later_stage_reserve: float = 1.0,
+                hold_tau: float | None = None) -> DpResult:
     """Choose which candidate rows this worker admits (see the module docstring).
 
     Contract: forced rows are always kept. If the result's at_risk is empty and the model is
@@ -229,6 +231,10 @@ def plan_worker(items: DpItems, model: PerfModel, start_s: float, mem_used: floa
     every admitted TTFT and TPOT, with no further arrivals. `taus` must be non-empty.
     `later_stage_reserve` < 1 reserves only that share of each later stage's prefill rate r_k:
     the contract then holds for later stages only while few of them arrive at once.
+    `hold_tau`: the batch time the worker runs now. Among the τ where the admitted set stays on
+    track, the highest value wins; where it is on track at none (the caller's view can be
+    conservative: chunks of the batch in flight still count as pending), `hold_tau` is kept, the
+    τ at which the admitted set was last shown to fit, rather than switching on value.
     """
     if not taus:
         raise ValueError("plan_worker needs at least one batch time")
@@ -244,7 +250,8 @@ def plan_worker(items: DpItems, model: PerfModel, start_s: float, mem_used: floa
     best = None
     for run in _prepare(items, model, sorted(set(taus)), start_s, later_stage_reserve):
         lab = _dp(run, items, head, mem_used, labels)
-        key = (lab[3] >= lab[2] - EPS, lab[0], lab[3] - lab[2])   # keep the admitted on track first
+        on_track = lab[3] >= lab[2] - EPS                      # keep the admitted on track first
+        key = (on_track, lab[0] if on_track else float(run.tau == hold_tau), lab[3] - lab[2])
         if best is None or key > best[0]:
             best = (key, run, lab)
     _, run, lab = best

@@ -245,9 +245,13 @@ class SloScheduler(Scheduler):
 
     # ---- 3. colocated admission ----------------------------------------------------------
     def _taus(self, w: WorkerState, forced: list[RequestState], tiers: set[float]) -> list[float]:
-        """Candidate batch times: the TPOT tiers no looser than the tightest admitted one."""
+        """Candidate batch times: the TPOT tiers no looser than the tightest admitted one, their
+        `batch_time_fractions` (not below `min_batch_time_s`), and the worker's current τ."""
+        cfg = self.config
         bound = min((r.tightest_remaining_tpot_s for r in forced), default=math.inf)
         tiers = tiers | {r.tightest_remaining_tpot_s for r in forced}
+        tiers = tiers | {t * f for t in tiers if math.isfinite(t) for f in cfg.batch_time_fractions
+                         if t * f >= cfg.min_batch_time_s}
         if w.id in self._tau:
             tiers.add(self._tau[w.id])
         taus = sorted(t for t in tiers if t <= bound)
@@ -281,7 +285,7 @@ class SloScheduler(Scheduler):
                               memory_limit(Lane.HEAVY, w.kv_capacity_tokens, cfg.interactive_kv_reserve))
                 res = plan_worker(items, self.model, max(snap.now_s, w.busy_until_s), used[w.id],
                                   taus, cfg.dp_window, cfg.dp_labels, cfg.greedy_rounds, cfg.horizon_s,
-                                  cfg.later_stage_reserve)
+                                  cfg.later_stage_reserve, self._tau.get(w.id))
                 tau = res.tau_s
                 ids = {r.id for r in promo}
                 for rid in res.admitted:

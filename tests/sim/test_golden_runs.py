@@ -54,12 +54,14 @@ CASES = {
 # 0.502 → 0.493), and for disagg_over_4p4d once more when best effort stopped piling onto one
 # decode worker (the choice now counts the ones placed before it in the same plan; 0.493), and for
 # colocated_over_4_llama2 when best effort still on its SLO could be promoted (0.655 → 0.643: 14
-# promoted, all met; with SchedulerConfig(promote_best_effort=False) it equals the earlier checksum)
+# promoted, all met; with SchedulerConfig(promote_best_effort=False) it equals the earlier checksum),
+# and again when the DP also tried half and quarter TPOT-tier batch times (0.643 → 0.716; with
+# SchedulerConfig(batch_time_fractions=()) it equals the earlier checksum)
 GOLDEN = {
     # 175 req, attainment 1.000, 170 plans
     "colocated_mixed_12": "6a4d824e55d95af40c13ce09c460abe7b8b8e82253fc95f4329635d9714f2866",
-    # 560 req, attainment 0.643, 149 plans
-    "colocated_over_4_llama2": "cbe5d3537ad31a1853187e246ed43e3104014e9ded709ab1fc74797f75bd2996",
+    # 560 req, attainment 0.716, 149 plans
+    "colocated_over_4_llama2": "0a8674e9ab31fa83fb1b6afab2da275b319647faa04b4c4039016c2ca3424430",
     # 427 req, attainment 1.000, 363 plans
     "disagg_24p40d": "774d9182d660c356b61b5ba6fb5018e09154f7a9a8386283e944caf59b1f308d",
     # 215 req, attainment 1.000, 208 plans
