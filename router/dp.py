@@ -3,8 +3,8 @@
 The batch model. Every batch takes at most τ seconds (τ ≤ the tightest TPOT admitted, so every
 decoding request meets its TPOT in every batch; the caller offers the TPOT tiers and fractions of
 them: a shorter τ costs more per token but gives a request more whole batches before its TTFT).
-`PerfModel.budget(τ)` turns τ into B token-equivalents per batch; an admitted request costs, in every batch of the window,
-w_i = its decode token at its largest context plus, for each later stage k, the rate
+`PerfModel.budget(τ)` turns τ into B token-equivalents per batch; an admitted request costs, in
+every batch of the window, w_i = its decode token at its largest context plus, for each later stage k, the rate
 r_k = need_k / slots_k that stage's prefill will need (slots_k = ⌊ttft_k/τ⌋ − 1 whole batches after
 it arrives, one lost to the batch it arrives in), and its remaining prefill costs p_i (+ its
 attention pairs and one chunk overhead; every batch also keeps one chunk overhead for its one
