@@ -4,15 +4,15 @@ The batch model. Every batch takes at most τ seconds (τ ≤ the tightest TPOT 
 decoding request meets its TPOT in every batch; the caller offers the TPOT tiers and fractions of
 them: a shorter τ costs more per token but gives a request more whole batches before its TTFT).
 `PerfModel.budget(τ)` turns τ into B token-equivalents per batch; an admitted request costs, in
-every batch of the window, w_i = its decode token at its largest context plus, for each later stage k, the rate
-r_k = need_k / slots_k that stage's prefill will need (slots_k = ⌊ttft_k/τ⌋ − 1 whole batches after
-it arrives, one lost to the batch it arrives in), and its remaining prefill costs p_i (+ its
-attention pairs and one chunk overhead; every batch also keeps one chunk overhead for its one
-unfinished chunk, B := budget − per_chunk). The rates add to the decode token (not max): when
+every batch of the window, w_i = its decode token at its largest context plus, for each later stage
+k, the rate r_k = need_k / slots_k that stage's prefill will need (slots_k = ⌊ttft_k/τ⌋ − 1 whole
+batches after it arrives, one lost to the batch it arrives in), and its remaining prefill costs p_i
+(+ its attention pairs and one chunk overhead; every batch also keeps one chunk overhead for its
+one unfinished chunk, B := budget − per_chunk). The rates add to the decode token (not max): when
 stage k arrives, the DP charges the request its decode token and p_k = r_k·slots_k ≤ N_j·r_k in
-cumP, so only the sum makes "fits before the arrival" imply "fits after it". With
-N_i = ⌊(d_i − start)/τ⌋ whole batches before its TTFT deadline d_i, EDF on the admitted set meets
-every deadline iff, for every admitted j in deadline order,
+cumP, so only the sum makes "fits before the arrival" imply "fits after it". With N_i = ⌊(d_i −
+start)/τ⌋ whole batches before its TTFT deadline d_i, EDF on the admitted set meets every deadline
+iff, for every admitted j in deadline order,
 
     Σ_{admitted i ≤ j} p_i  ≤  N_j · (B − W),   W = Σ_admitted w_i
     ⇔  ρ := min_j (B − cumP_j / N_j)  ≥  W.
