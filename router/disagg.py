@@ -210,7 +210,7 @@ def plan_pools(snap: Snapshot, workers: list[WorkerState], gated: list[tuple[Req
         w = prefill[k]
         tau_p = tau_ps[k]
         f = forced.get(w.id, [])
-        rows = [row_for(r, True, False, True, 0, math.inf, 0.0) for r in f]
+        rows = [row_for(r, True, False, True, 0, math.inf, 0.0, snap.in_flight.get(r.id, 0)) for r in f]
         rows += [row_for(r, False, False, True, r.reserved_tokens,
                          memory_limit(lane, w.kv_capacity_tokens, reserve), values[r.id])
                  for r, lane in routed.get(w.id, ())]
@@ -218,7 +218,7 @@ def plan_pools(snap: Snapshot, workers: list[WorkerState], gated: list[tuple[Req
             used = sum(r.reserved_tokens for r in f)
             res = plan_worker(to_items(rows), model, max(snap.now_s, w.busy_until_s), used, ladder,
                               cfg.dp_window, cfg.dp_labels, cfg.greedy_rounds, cfg.horizon_s,
-                              cfg.later_stage_reserve)
+                              cfg.later_stage_reserve, taus.get(w.id))
             tau_p = res.tau_s
             admitted_p.update({rid: w.id for rid in res.admitted})
             deferred |= set(res.deferred)

@@ -31,17 +31,18 @@ class Row:
 
 
 def row_for(r: RequestState, forced: bool, decodes: bool, prefills: bool, mem: int,
-            mem_limit: float, value: float) -> Row:
-    """The DP row of request `r` on a worker that decodes and/or prefills it."""
+            mem_limit: float, value: float, in_flight: int = 0) -> Row:
+    """The DP row of request `r` on a worker that decodes and/or prefills it; `in_flight` of its
+    prefill tokens are in the batch running now (Snapshot.in_flight) and count as done."""
     waiting = r.phase is Phase.WAITING
-    prefill = r.remaining_prefill if (prefills and waiting) else 0
+    prefill = max(0, r.remaining_prefill - in_flight) if (prefills and waiting) else 0
     future = []
     prior = sum(s.input_tokens + r.max_output(i) for i, s in enumerate(r.request.stages[:r.stage + 1]))
     for s in r.request.stages[r.stage + 1:]:
         tok = s.input_tokens if prefills else 0
         future.append((tok, attention_pairs(tok, prior), s.slo.ttft_s))
         prior += s.input_tokens + s.max_output_tokens
-    return Row(r.id, prefill, attention_pairs(prefill, r.context_tokens),
+    return Row(r.id, prefill, attention_pairs(prefill, r.context_tokens + (in_flight if prefill else 0)),
                r.ttft_deadline_s if prefill > 0 else math.inf, decodes,
                r.reserved_tokens if decodes else 0, tuple(future), mem, mem_limit, value,
                r.tightest_remaining_tpot_s if decodes else math.inf, forced)

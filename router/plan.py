@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -42,11 +43,18 @@ class WorkerState:
 
 @dataclass(frozen=True)
 class Snapshot:
-    """Everything the scheduler may look at. Requests in Phase.DONE may be omitted by the caller."""
+    """Everything the scheduler may look at. Requests in Phase.DONE may be omitted by the caller.
+
+    `in_flight`: prefill tokens per request in the batches running now. They are done by their
+    worker's `busy_until_s`, where its plan starts, so the plan counts them as done; a caller that
+    leaves `busy_until_s` at 0 leaves this empty too (its plans start now, that work still pending).
+    Read only during `schedule`; the scheduler keeps no reference to it.
+    """
 
     now_s: float
     requests: tuple[RequestState, ...]
     workers: tuple[WorkerState, ...]
+    in_flight: Mapping[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.workers:

@@ -277,10 +277,11 @@ class SloScheduler(Scheduler):
             taus = self._taus(w, forced, tiers | {r.tightest_remaining_tpot_s for r in promo})
             tau = min(taus)
             if forced or pool.size or promo:
-                rows = [row_for(r, True, True, True, 0, math.inf, 0.0) for r in forced]
+                fly = snap.in_flight.get
+                rows = [row_for(r, True, True, True, 0, math.inf, 0.0, fly(r.id, 0)) for r in forced]
                 rows += [row_for(r, False, True, True, r.reserved_tokens,
                                  memory_limit(r.request.lane, w.kv_capacity_tokens, cfg.interactive_kv_reserve),
-                                 lanes[r.request.lane].value) for r in promo]
+                                 lanes[r.request.lane].value, fly(r.id, 0)) for r in promo]
                 items = merge(rows, cands, pool, w.kv_capacity_tokens,
                               memory_limit(Lane.HEAVY, w.kv_capacity_tokens, cfg.interactive_kv_reserve))
                 res = plan_worker(items, self.model, max(snap.now_s, w.busy_until_s), used[w.id],

@@ -110,6 +110,7 @@ class Engine:
         self._decoders = {w.id for w in workers if w.role is WorkerRole.DECODE}
         self._slot = {w.id: i for i, w in enumerate(workers)}
         self._running: dict[str, None] = {}          # workers with a segment, in start order
+        self._in_flight: dict[str, int] = {}         # prefill tokens per request in running batches
         self.seg: dict[str, Segment | None] = {w: None for w in self.workers}
         self.hold_preempt: dict[str, set[str]] = {w: set() for w in self.workers}
         self.pending: set[str] = set()
@@ -171,7 +172,8 @@ class Engine:
         now = self.now
         self.last_plan = now
         self.counts["plans"] += 1
-        plan = self.sched.schedule(Snapshot(now, tuple(self.states.values()), self._snapshot_workers()))
+        plan = self.sched.schedule(Snapshot(now, tuple(self.states.values()), self._snapshot_workers(),
+                                            self._in_flight))
         self._apply(plan)
         if self.pending:
             self._want_plan(now + self.cfg.tick_s)
@@ -298,6 +300,8 @@ class Engine:
         ends = (self.now + step_times(batch, full, self.perf)).tolist()
         self._version += 1
         self.seg[wid] = Segment(batch, ends, len(ends), full, self._version)
+        for c in batch.chunks:
+            self._in_flight[c.request_id] = c.tokens
         self._running[wid] = None
         self._push(ends[-1], FREE, (wid, self._version))
 
@@ -308,6 +312,8 @@ class Engine:
         self.seg[wid] = None
         del self._running[wid]
         k, batch = s.steps, s.batch
+        for c in batch.chunks:
+            del self._in_flight[c.request_id]
         self.counts["steps"] += k
         bulk = k - 1 if k == s.full else k
         if bulk:

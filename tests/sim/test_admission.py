@@ -16,7 +16,7 @@ def test_disaggregated_chatbot_at_the_trace_rate_is_admitted_not_best_effort(con
 
 def test_promoted_best_effort_requests_all_meet_their_slo(conv_trace):
     """Past capacity some best effort is promoted (Plan.promote); the guarantee then holds for it."""
-    spec = RunSpec(Workload(conv_trace, rate=40.0, duration_s=20), "chatbot", "slo", ClusterSpec(colocated=1))
+    spec = RunSpec(Workload(conv_trace, rate=50.0, duration_s=20), "chatbot", "slo", ClusterSpec(colocated=1))
     recs = simulate(spec).engine.records
     promoted = [r for r in recs if r.promoted]
     assert len(promoted) >= 10 and all(r.met_slo() for r in promoted)
@@ -34,3 +34,31 @@ def test_a_smaller_later_stage_reserve_admits_more_tool_calls(conv_trace):
         return simulate(spec).summary.admitted
 
     assert admitted(0.5) > admitted(1.0)
+
+
+def test_snapshots_show_the_prefill_chunks_in_flight(conv_trace):
+    """Snapshot.in_flight holds exactly the chunks of running batches: never more than a request
+    has left to prefill, only on workers still busy, and gone once the batch ends."""
+    from router.request import Phase
+    from sim.run import make_scheduler, prepare
+    from sim.engine import Engine
+
+    spec = RunSpec(Workload(conv_trace, rate=30.0, duration_s=5), "chatbot", "slo", ClusterSpec(colocated=2))
+    cluster, reqs, _ = prepare(spec)
+    sched = make_scheduler("slo", cluster)
+    seen = []
+    inner = sched.schedule
+
+    def spy(snap):
+        states = {r.id: r for r in snap.requests}
+        busy = {w.id for w in snap.workers if w.busy_until_s >= snap.now_s}
+        for rid, tokens in snap.in_flight.items():
+            r = states[rid]
+            assert r.phase is Phase.WAITING and 0 < tokens <= r.remaining_prefill
+            assert r.prefill_worker in busy
+        seen.append(len(snap.in_flight))
+        return inner(snap)
+
+    sched.schedule = spy
+    Engine(reqs, sched, cluster.perf, cluster.workers, cluster.transfer_s, spec.engine).run()
+    assert max(seen) > 0 and seen.count(0) > 0

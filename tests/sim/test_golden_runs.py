@@ -56,18 +56,21 @@ CASES = {
 # colocated_over_4_llama2 when best effort still on its SLO could be promoted (0.655 → 0.643: 14
 # promoted, all met; with SchedulerConfig(promote_best_effort=False) it equals the earlier checksum),
 # and again when the DP also tried half and quarter TPOT-tier batch times (0.643 → 0.716; with
-# SchedulerConfig(batch_time_fractions=()) it equals the earlier checksum)
+# SchedulerConfig(batch_time_fractions=()) it equals the earlier checksum). The two overload
+# cases once more when snapshots showed the prefill chunks in flight (Snapshot.in_flight: the
+# plan starts where they end, and counted them again; 0.716 → 0.750, 0.493 → 0.564) and the
+# prefill workers' DP kept their current τ where the admitted set fits at none
 GOLDEN = {
     # 175 req, attainment 1.000, 170 plans
     "colocated_mixed_12": "6a4d824e55d95af40c13ce09c460abe7b8b8e82253fc95f4329635d9714f2866",
-    # 560 req, attainment 0.716, 149 plans
-    "colocated_over_4_llama2": "0a8674e9ab31fa83fb1b6afab2da275b319647faa04b4c4039016c2ca3424430",
+    # 560 req, attainment 0.750, 149 plans
+    "colocated_over_4_llama2": "a9c86c7f360dbcd9da84c2ef6cbd6ba842bc196024e34097a40d1c4e3a4769d9",
     # 427 req, attainment 1.000, 363 plans
     "disagg_24p40d": "774d9182d660c356b61b5ba6fb5018e09154f7a9a8386283e944caf59b1f308d",
     # 215 req, attainment 1.000, 208 plans
     "disagg_mixed_8p8d": "93310f10a4d329dd1c19d80668e1861df05b72065cc12982d5000a8c1afa60f9",
-    # 560 req, attainment 0.493, 101 plans
-    "disagg_over_4p4d": "48f1460ecd1cdafbcc92790874b6b90ef29ca1da2e06fcccdfc639da4860d34e",
+    # 560 req, attainment 0.564, 101 plans
+    "disagg_over_4p4d": "bc79013e597a15d4a4157182bb7264a2564ba1ff7df8090d21f49eb21d04ff29",
     # 175 req, attainment 1.000, 170 plans
     "distserve_8p8d": "ec4862de7e572ee004bcccfa4ab438f99445071752a929a0dcb6b47424371ffa",
 }
