@@ -3,6 +3,7 @@ traces, H100, Llama-3-8B, the same total GPUs. Prints a markdown table (req/s at
 attainment, per GPU) and the geometric mean of SLO / best baseline.
 
     .venv/bin/python bench/sim_capacity.py [--gpus 2] [--trace-minutes 10] [--jobs 2] [--json out.json]
+    .venv/bin/python bench/sim_capacity.py --slo-only --scheduler-config '{"batch_time_fractions": []}'   # ablation
 
 Requests: the first `--trace-minutes` minutes of the trace (a fixed set of requests, bursts
 included), time-rescaled so its mean rate is the probed rate: every probe replays the same
@@ -49,19 +50,22 @@ def segment(trace: str, minutes: float, out_dir: Path) -> str:
     return str(out)
 
 
-def _spec(scenario: str, policy: str, layout: tuple, duration: float | None, trace: str):
+def _spec(scenario: str, policy: str, layout: tuple, duration: float | None, trace: str,
+          config: dict | None = None):
+    from router.config import SchedulerConfig
     from sim.capacity import CAPACITY_ENGINE
     from sim.cluster import ClusterSpec
     from sim.run import RunSpec, Workload
     return RunSpec(Workload(trace, duration_s=duration), scenario, policy,
-                   ClusterSpec(*layout, hardware="h100", model="llama3-8b"), engine=CAPACITY_ENGINE)
+                   ClusterSpec(*layout, hardware="h100", model="llama3-8b"), engine=CAPACITY_ENGINE,
+                   scheduler=SchedulerConfig(**config) if config and policy == "slo" else None)
 
 
 def job(args: tuple) -> dict:
-    scenario, policy, layout, duration, start, trace, chunk = args
+    scenario, policy, layout, duration, start, trace, chunk, config = args
     from router.baselines import BASELINES as CLASSES
     from sim.capacity import capacity, ceiling
-    spec = _spec(scenario, policy, layout, duration, trace)
+    spec = _spec(scenario, policy, layout, duration, trace, config)
     t0 = time.perf_counter()
     if policy == "ceiling":
         rate = ceiling(spec, start_rate=start)
@@ -71,8 +75,8 @@ def job(args: tuple) -> dict:
                 "wall_s": time.perf_counter() - t0, "probes": [], "chunk": None}
     make = None
     if chunk is not None:
-        def make(cluster, cls=CLASSES[policy]):
-            return cls(token_budget=chunk, max_prompt_tokens=cluster.context_tokens)
+        cls = CLASSES[policy]
+        make = lambda cluster: cls(token_budget=chunk, max_prompt_tokens=cluster.context_tokens)  # noqa: E731
     cap = capacity(spec, start_rate=start, make=make)
     return {"scenario": scenario, "policy": policy, "layout": layout, "capacity_rps": cap.rate,
             "per_gpu": cap.per_gpu, "wall_s": time.perf_counter() - t0, "chunk": chunk,
@@ -92,7 +96,12 @@ def main() -> None:
     ap.add_argument("--slo-colocated-only", action="store_true",
                     help="measure the slo policy on colocated GPUs only (the earlier table)")
     ap.add_argument("--plot", default=None, help="directory for attainment-vs-rate PNGs (matplotlib)")
+    ap.add_argument("--slo-only", action="store_true",
+                    help="the slo policy alone on colocated GPUs (ablations; prints its capacities)")
+    ap.add_argument("--scheduler-config", default=None,
+                    help="JSON object of SchedulerConfig fields for the slo policy, e.g. '{\"batch_time_fractions\": []}'")
     a = ap.parse_args()
+    config = json.loads(a.scheduler_config) if a.scheduler_config else None
     g = a.gpus
     import tempfile
     tmp = Path(tempfile.mkdtemp(prefix="sim_capacity_"))
@@ -103,18 +112,28 @@ def main() -> None:
     duration = None if a.trace_minutes > 0 else a.duration
     chunks = [int(c) for c in a.chunks.split(",")]
     jobs = []
+    if a.slo_only:
+        jobs = [(sc, "slo", (0, 0, g), duration, a.start_rate, traces[TRACE_OF[sc]], None, config)
+                for sc in a.scenarios.split(",")]
+        with ProcessPoolExecutor(a.jobs) as ex:
+            results = list(ex.map(job, jobs))
+        print(f"slo on {g} colocated GPUs, config {config or 'default'}: capacity (req/s)")
+        print(" ".join(f"{r['scenario']} {r['capacity_rps']:.2f}" for r in results))
+        if a.json:
+            Path(a.json).write_text(json.dumps({"results": results, "config": config}, indent=1))
+        return
     for sc in a.scenarios.split(","):
         tr = traces[TRACE_OF[sc]]
-        jobs.append((sc, "ceiling", (0, 0, g), duration, a.start_rate, tr, None))
+        jobs.append((sc, "ceiling", (0, 0, g), duration, a.start_rate, tr, None, None))
         for pol in ("slo", "fcfs"):
-            jobs.append((sc, pol, (0, 0, g), duration, a.start_rate, tr, None))
+            jobs.append((sc, pol, (0, 0, g), duration, a.start_rate, tr, None, config))
         for pol in CHUNKED:
             for c in chunks:
-                jobs.append((sc, pol, (0, 0, g), duration, a.start_rate, tr, c))
+                jobs.append((sc, pol, (0, 0, g), duration, a.start_rate, tr, c, None))
         for p in range(1, g):
-            jobs.append((sc, "distserve", (p, g - p, 0), duration, a.start_rate, tr, None))
+            jobs.append((sc, "distserve", (p, g - p, 0), duration, a.start_rate, tr, None, None))
             if not a.slo_colocated_only:
-                jobs.append((sc, "slo", (p, g - p, 0), duration, a.start_rate, tr, None))
+                jobs.append((sc, "slo", (p, g - p, 0), duration, a.start_rate, tr, None, config))
     t0 = time.perf_counter()
     with ProcessPoolExecutor(a.jobs) as ex:
         results = list(ex.map(job, jobs))
