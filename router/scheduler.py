@@ -10,8 +10,10 @@ The SLO scheduler's step:
      tenant rate limits and concurrency caps (policies.lanes / policies.tenants); then, while
      the DP is turning requests away, the size gate (policies.size_gate) holds the costliest
      recent requests out of admission so the capacity goes to the cheapest first;
-  3. admission: per colocated worker the SLOs-Serve DP (dp.plan_worker), or the disaggregated
-     planner (disagg.plan_pools) when the snapshot has prefill and decode workers;
+  3. admission: per colocated worker the SLOs-Serve DP (dp.plan_worker) at the batch time (τ)
+     among the TPOT tiers and their `batch_time_fractions` that admits the most value, from the
+     end of the worker's batch in flight (Snapshot.in_flight: its chunks count as done); or the
+     disaggregated planner (disagg.plan_pools) when the snapshot has prefill and decode workers;
   4. everything admissible but not admitted goes best effort; best effort that no longer fits next
      to the admitted reservations is preempted.
 
