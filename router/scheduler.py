@@ -269,6 +269,7 @@ class SloScheduler(Scheduler):
         directives, at_risk, promoted = [], [], []
         now = snap.now_s
         lanes = cfg.lanes
+        fly = snap.in_flight.get
         pool = np.arange(len(gated))
         tiers = set(np.unique(cands.tpot).tolist())
         used = {w.id: sum(r.reserved_tokens for r in by_worker[w.id] if r.admission is Admission.ADMITTED)
@@ -279,7 +280,6 @@ class SloScheduler(Scheduler):
             taus = self._taus(w, forced, tiers | {r.tightest_remaining_tpot_s for r in promo})
             tau = min(taus)
             if forced or pool.size or promo:
-                fly = snap.in_flight.get
                 rows = [row_for(r, True, True, True, 0, math.inf, 0.0, fly(r.id, 0)) for r in forced]
                 rows += [row_for(r, False, True, True, r.reserved_tokens,
                                  memory_limit(r.request.lane, w.kv_capacity_tokens, cfg.interactive_kv_reserve),

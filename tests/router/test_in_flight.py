@@ -32,8 +32,8 @@ def test_the_plan_starts_after_the_batch_in_flight_without_counting_it_twice(exa
     # leaves one 100 ms batch after that: the 2000 left fit, all 6000 would not
     old = _admitted(req("old", prompt=6000, out=10, ttft=0.2, tpot=0.1))
     busy = replace(worker(), busy_until_s=0.1)
-    stale = SloScheduler(exact_model, calm_config).schedule(snap(0.05, [old], [busy]))
-    assert stale.at_risk == ("old",)
     s = snap(0.05, [old], [busy])
+    stale = SloScheduler(exact_model, calm_config).schedule(s)
+    assert stale.at_risk == ("old",)
     fresh = SloScheduler(exact_model, calm_config).schedule(replace(s, in_flight={"old": 4000}))
     assert fresh.at_risk == ()
